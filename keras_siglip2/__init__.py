@@ -1,0 +1,17 @@
+"""keras-siglip2: the SigLIP 2 recipe as a Keras 3 multi-backend library."""
+
+from keras_siglip2.losses import SigmoidLoss
+from keras_siglip2.losses import sigmoid_loss
+from keras_siglip2.models import SigLIP2Backbone
+from keras_siglip2.models import SigLIP2TextEncoder
+from keras_siglip2.models import SigLIP2VisionEncoder
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "SigLIP2Backbone",
+    "SigLIP2TextEncoder",
+    "SigLIP2VisionEncoder",
+    "SigmoidLoss",
+    "sigmoid_loss",
+]

@@ -1,0 +1,190 @@
+"""The SigLIP 2 image tower: a ViT with learned position embeddings and a
+MAP head."""
+
+import keras
+from keras import ops
+
+from keras_siglip2.layers.map_head import MAPHead
+from keras_siglip2.layers.patch_embedding import PatchEmbedding
+from keras_siglip2.layers.position_embedding import PositionEmbedding2D
+from keras_siglip2.layers.transformer_encoder import TransformerEncoderBlock
+
+
+@keras.saving.register_keras_serializable(package="keras_siglip2")
+class SigLIP2VisionEncoder(keras.layers.Layer):
+    """ViT image encoder for fixed-resolution square images.
+
+    Patch embedding, learned position embedding, `num_layers` pre-LN
+    blocks, a final LayerNorm and a MAP head that pools the tokens.
+
+    Args:
+        image_size: int. Side of the square input image in pixels.
+        patch_size: int. Side of a patch in pixels. The grid has
+            `image_size // patch_size` patches a side; leftover pixels are
+            ignored, as in the released so400m/14 at 384 px.
+        hidden_dim: int. Token width.
+        num_layers: int. Transformer blocks.
+        num_heads: int. Attention heads.
+        intermediate_dim: int. MLP hidden width.
+        layer_norm_epsilon: float. LayerNorm epsilon.
+        use_head: bool. Whether to pool with a MAP head. Without it,
+            `pooled_output` is the mean of the tokens.
+        **kwargs: base layer arguments.
+
+    Call arguments:
+        images: float `(batch, image_size, image_size, 3)`, scaled to
+            `[-1, 1]`.
+
+    Returns:
+        dict with `"sequence_output"`: float `(batch, num_patches,
+        hidden_dim)` (after the final LayerNorm) and `"pooled_output"`:
+        float `(batch, hidden_dim)`.
+
+    Example:
+    >>> encoder = SigLIP2VisionEncoder(
+    ...     image_size=16, patch_size=8, hidden_dim=8, num_layers=1,
+    ...     num_heads=2, intermediate_dim=16)
+    >>> encoder(keras.ops.ones((2, 16, 16, 3)))["pooled_output"].shape
+    (2, 8)
+    """
+
+    def __init__(
+        self,
+        image_size: int,
+        patch_size: int,
+        hidden_dim: int,
+        num_layers: int,
+        num_heads: int,
+        intermediate_dim: int,
+        layer_norm_epsilon: float = 1e-6,
+        use_head: bool = True,
+        **kwargs,
+    ):
+        kwargs.setdefault("name", "vision_encoder")
+        super().__init__(**kwargs)
+        self.image_size = image_size
+        self.patch_size = patch_size
+        self.hidden_dim = hidden_dim
+        self.num_layers = num_layers
+        self.num_heads = num_heads
+        self.intermediate_dim = intermediate_dim
+        self.layer_norm_epsilon = layer_norm_epsilon
+        self.use_head = use_head
+        self.grid_size = image_size // patch_size
+
+        self.patch_embedding = PatchEmbedding(
+            hidden_dim, patch_size, dtype=self.dtype_policy, name="embedding"
+        )
+        self.position_embedding = PositionEmbedding2D(
+            self.grid_size,
+            self.grid_size,
+            hidden_dim,
+            dtype=self.dtype_policy,
+            name="pos_embedding",
+        )
+        self.encoder_layers = [
+            TransformerEncoderBlock(
+                hidden_dim,
+                num_heads,
+                intermediate_dim,
+                layer_norm_epsilon=layer_norm_epsilon,
+                dtype=self.dtype_policy,
+                name=f"encoderblock_{i}",
+            )
+            for i in range(num_layers)
+        ]
+        self.encoder_norm = keras.layers.LayerNormalization(
+            epsilon=layer_norm_epsilon,
+            dtype=self.dtype_policy,
+            name="encoder_norm",
+        )
+        self.head = (
+            MAPHead(
+                hidden_dim,
+                num_heads,
+                intermediate_dim,
+                layer_norm_epsilon=layer_norm_epsilon,
+                dtype=self.dtype_policy,
+                name="MAPHead_0",
+            )
+            if use_head
+            else None
+        )
+
+    def _check_images_shape(self, shape):
+        expected = (self.image_size, self.image_size, 3)
+        if len(shape) != 4 or tuple(shape[1:]) != expected:
+            raise ValueError(
+                "`images` must have shape (batch, "
+                f"{self.image_size}, {self.image_size}, 3); got shape "
+                f"{tuple(shape)}."
+            )
+
+    def build(self, images_shape):
+        self._check_images_shape(images_shape)
+        self.patch_embedding.build(images_shape)
+        tokens_shape = (images_shape[0], self.grid_size**2, self.hidden_dim)
+        self.position_embedding.build(tokens_shape)
+        for layer in self.encoder_layers:
+            layer.build(tokens_shape)
+        self.encoder_norm.build(tokens_shape)
+        if self.head is not None:
+            self.head.build(tokens_shape)
+        self.built = True
+
+    def encode_tokens(self, tokens, attention_mask=None, training=None):
+        """Runs the blocks, final norm and pooling on embedded tokens.
+
+        Args:
+            tokens: float `(batch, length, hidden_dim)`: patch embeddings
+                with position embeddings added.
+            attention_mask: optional bool/int `(batch, length)`; padded
+                tokens are masked as keys and in the MAP head.
+            training: bool.
+
+        Returns:
+            The same dict as `call`.
+        """
+        x = tokens
+        for layer in self.encoder_layers:
+            x = layer(x, attention_mask=attention_mask, training=training)
+        x = self.encoder_norm(x)
+        if self.head is not None:
+            pooled = self.head(x, attention_mask=attention_mask)
+        elif attention_mask is None:
+            pooled = ops.mean(x, axis=1)
+        else:
+            weights = ops.cast(attention_mask, x.dtype)[..., None]
+            pooled = ops.sum(x * weights, axis=1) / ops.maximum(
+                ops.sum(weights, axis=1), 1.0
+            )
+        return {"sequence_output": x, "pooled_output": pooled}
+
+    def call(self, images, training=None):
+        self._check_images_shape(images.shape)
+        x = self.patch_embedding(images)
+        x = self.position_embedding(x)
+        return self.encode_tokens(x, training=training)
+
+    def compute_output_shape(self, images_shape):
+        batch = images_shape[0]
+        return {
+            "sequence_output": (batch, self.grid_size**2, self.hidden_dim),
+            "pooled_output": (batch, self.hidden_dim),
+        }
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "image_size": self.image_size,
+                "patch_size": self.patch_size,
+                "hidden_dim": self.hidden_dim,
+                "num_layers": self.num_layers,
+                "num_heads": self.num_heads,
+                "intermediate_dim": self.intermediate_dim,
+                "layer_norm_epsilon": self.layer_norm_epsilon,
+                "use_head": self.use_head,
+            }
+        )
+        return config
