@@ -19,7 +19,8 @@ class MlpBlock(keras.layers.Layer):
         float `(..., hidden_dim)`.
 
     Example:
-    >>> MlpBlock(hidden_dim=8, intermediate_dim=16)(keras.ops.ones((2, 8))).shape
+    >>> block = MlpBlock(hidden_dim=8, intermediate_dim=16)
+    >>> block(keras.ops.ones((2, 8))).shape
     (2, 8)
     """
 

@@ -190,7 +190,9 @@ class SigLIP2Backbone(Backbone):
                 f"`token_ids` must be integers; got dtype {values.dtype}."
             )
         vocabulary_size = self.text_encoder.vocabulary_size
-        if values.size and (values.min() < 0 or values.max() >= vocabulary_size):
+        if values.size and (
+            values.min() < 0 or values.max() >= vocabulary_size
+        ):
             raise ValueError(
                 "`token_ids` must be in [0, "
                 f"{vocabulary_size}); got values in [{values.min()}, "
