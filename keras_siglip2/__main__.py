@@ -12,10 +12,10 @@ import sys
 
 if "KERAS_BACKEND" not in os.environ:
     os.environ["KERAS_BACKEND"] = "jax"
-    keras_module = sys.modules.get("keras")
+    _loaded_keras = sys.modules.get("keras")
     # `python -m keras_siglip2` imports the package, and with it keras,
     # before this module runs; only a fresh process can switch backends.
-    if keras_module is not None and keras_module.backend.backend() != "jax":
+    if _loaded_keras is not None and _loaded_keras.backend.backend() != "jax":
         os.execv(
             sys.executable,
             [sys.executable, "-m", "keras_siglip2", *sys.argv[1:]],
@@ -40,10 +40,16 @@ _OUTPUT_DIR = flags.DEFINE_string(
     "output_dir", "siglip2_demo", "Where `demo` writes its checkpoint."
 )
 _STEPS = flags.DEFINE_integer(
-    "steps", 3, "Training steps of `demo` (one batch per step)."
+    "steps",
+    3,
+    "Training steps of `demo` (one batch per step).",
+    lower_bound=1,
 )
 _BATCH_SIZE = flags.DEFINE_integer(
-    "batch_size", 8, "Image-text pairs per training batch of `demo`."
+    "batch_size",
+    8,
+    "Image-text pairs per training batch of `demo`.",
+    lower_bound=1,
 )
 _SEED = flags.DEFINE_integer("seed", 0, "Random seed of `demo`.")
 
@@ -91,7 +97,7 @@ def _count(layer: keras.layers.Layer) -> int:
     return sum(math.prod(v.shape) for v in layer.weights)
 
 
-def architecture_param_counts(name: str) -> tuple[int, int, int]:
+def _architecture_param_counts(name: str) -> tuple[int, int, int]:
     """Parameter counts of a named architecture, without allocating it.
 
     Args:
@@ -115,7 +121,7 @@ def architecture_param_counts(name: str) -> tuple[int, int, int]:
         logits.build((None, vision.hidden_dim), (None, text.projection_dim))
         counts = (_count(vision), _count(text), _count(logits))
     # The never-initialised variables stay queued for initialisation by
-    # the next stateless scope (every JAX train step opens one); drop them.
+    # the next stateless scope to close (JAX training opens them); drop them.
     keras.utils.clear_session(free_memory=False)
     return counts[0], counts[1], sum(counts)
 
@@ -195,7 +201,7 @@ def _architecture_table() -> None:
         f"{'config':<20} {'image tower':>15} {'text tower':>15} {'total':>15}"
     )
     for name in TABLE_CONFIGS:
-        image, text, total = architecture_param_counts(name)
+        image, text, total = _architecture_param_counts(name)
         print(f"{name:<20} {image:>15,} {text:>15,} {total:>15,}")
 
 

@@ -1,4 +1,10 @@
-"""HF transformers `SiglipModel` checkpoints <-> `SigLIP2Backbone`.
+"""HF transformers `SiglipModel`/`Siglip2Model` checkpoints.
+
+`SiglipModel` (`model_type` "siglip") is the fixed-resolution layout of
+SigLIP and SigLIP 2; `Siglip2Model` ("siglip2") is NaFlex, loaded as a
+`SigLIP2Backbone(naflex=True)`. They differ only in the patch embedding
+(a convolution vs a dense layer on flattened patches) and the position
+table (resized per image in NaFlex).
 
 A checkpoint directory is what `save_pretrained` writes: `config.json` and
 `model.safetensors` (or sharded `model-*.safetensors` with
@@ -9,6 +15,7 @@ assigned, so a bad checkpoint never leaves a half-loaded model.
 
 import dataclasses
 import json
+import math
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -156,7 +163,7 @@ def _map_head_entries(prefix, head):
 
 
 def hf_weight_entries(backbone: SigLIP2Backbone) -> list[_Entry]:
-    """Lists every HF `SiglipModel` tensor of `backbone` and its variables.
+    """Lists every HF tensor of `backbone` and the variables it maps to.
 
     Args:
         backbone: a built `SigLIP2Backbone`.
@@ -166,11 +173,20 @@ def hf_weight_entries(backbone: SigLIP2Backbone) -> list[_Entry]:
     """
     vision, text = backbone.vision_encoder, backbone.text_encoder
     patch = vision.patch_embedding
+    if backbone.naflex:
+        # `nn.Linear(p * p * 3, D)` on patches flattened as (row, col, ch).
+        def patch_to_keras(w):
+            return (w.T.reshape(patch.kernel.shape),)
+    else:
+        # `nn.Conv2d` kernel `(D, 3, p, p)`.
+        def patch_to_keras(w):
+            return (w.transpose(2, 3, 1, 0),)
+
     entries = [
         _Entry(
             "vision_model.embeddings.patch_embedding.weight",
             (patch.kernel,),
-            lambda w: (w.transpose(2, 3, 1, 0),),
+            patch_to_keras,
         ),
         _Entry(
             "vision_model.embeddings.patch_embedding.bias",
@@ -256,27 +272,23 @@ def _check_activation(section: str, config: dict) -> None:
 
 
 def backbone_from_hf_config(config: dict, dtype=None) -> SigLIP2Backbone:
-    """Builds a randomly initialised backbone from a `SiglipConfig` dict.
+    """Builds a randomly initialised backbone from an HF config dict.
 
     Args:
-        config: the parsed `config.json` of a `SiglipModel`.
+        config: the parsed `config.json` of a `SiglipModel` or
+            `Siglip2Model`.
         dtype: optional dtype policy for the backbone.
 
     Returns:
         A `SigLIP2Backbone` with the checkpoint's architecture.
     """
     model_type = config.get("model_type")
-    if model_type == "siglip2":
+    if model_type not in ("siglip", "siglip2"):
         raise ValueError(
-            "`model_type` 'siglip2' (NaFlex `Siglip2Model`) checkpoints are "
-            "not supported yet; fixed-resolution SigLIP 2 checkpoints use "
-            "`model_type` 'siglip'."
+            f"Unknown `model_type` {model_type!r}; expected 'siglip' (HF "
+            "`SiglipModel`) or 'siglip2' (NaFlex `Siglip2Model`)."
         )
-    if model_type != "siglip":
-        raise ValueError(
-            f"Unknown `model_type` {model_type!r}; expected 'siglip' "
-            "(an HF `SiglipModel`)."
-        )
+    naflex = model_type == "siglip2"
     vision_config = config.get("vision_config", {})
     text_config = config.get("text_config", {})
     _check_activation("vision_config", vision_config)
@@ -287,9 +299,21 @@ def backbone_from_hf_config(config: dict, dtype=None) -> SigLIP2Backbone:
             f"{vision_config['num_channels']}."
         )
     vision_width = vision_config.get("hidden_size", 768)
+    patch_size = vision_config.get("patch_size", 16)
+    if naflex:
+        num_patches = vision_config.get("num_patches", 256)
+        grid = math.isqrt(num_patches)
+        if grid * grid != num_patches:
+            raise ValueError(
+                "NaFlex `num_patches` must be a square (a square position "
+                f"grid); got {num_patches}."
+            )
+        image_size = grid * patch_size
+    else:
+        image_size = vision_config.get("image_size", 224)
     vision = SigLIP2VisionEncoder(
-        image_size=vision_config.get("image_size", 224),
-        patch_size=vision_config.get("patch_size", 16),
+        image_size=image_size,
+        patch_size=patch_size,
         hidden_dim=vision_width,
         num_layers=vision_config.get("num_hidden_layers", 12),
         num_heads=vision_config.get("num_attention_heads", 12),
@@ -310,7 +334,7 @@ def backbone_from_hf_config(config: dict, dtype=None) -> SigLIP2Backbone:
         layer_norm_epsilon=text_config.get("layer_norm_eps", 1e-6),
         dtype=dtype,
     )
-    return SigLIP2Backbone(vision, text, dtype=dtype)
+    return SigLIP2Backbone(vision, text, naflex=naflex, dtype=dtype)
 
 
 def assign_hf_weights(
@@ -318,7 +342,7 @@ def assign_hf_weights(
     tensors: dict[str, np.ndarray],
     source: str = "checkpoint",
 ) -> None:
-    """Assigns HF `SiglipModel` tensors to a backbone, all or nothing.
+    """Assigns HF checkpoint tensors to a backbone, all or nothing.
 
     Args:
         backbone: a backbone with the checkpoint's architecture.
@@ -366,9 +390,11 @@ def assign_hf_weights(
 
 
 def load_hf_checkpoint(path: str | os.PathLike, dtype=None) -> SigLIP2Backbone:
-    """Loads an HF transformers `SiglipModel` checkpoint directory.
+    """Loads an HF transformers `SiglipModel` or `Siglip2Model` checkpoint.
 
-    Fixed-resolution SigLIP and SigLIP 2 checkpoints share this layout.
+    Fixed-resolution SigLIP and SigLIP 2 checkpoints (`SiglipModel`) load
+    as a fixed-resolution backbone; NaFlex `Siglip2Model` checkpoints as a
+    `naflex=True` backbone that takes patch inputs.
 
     Args:
         path: directory written by `save_pretrained` (`config.json` and

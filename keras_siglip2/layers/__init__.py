@@ -3,6 +3,7 @@
 from keras_siglip2.layers.attention import MultiHeadAttention
 from keras_siglip2.layers.contrastive_logits import ContrastiveLogits
 from keras_siglip2.layers.interpolation import linear_interpolation_matrix
+from keras_siglip2.layers.interpolation import linear_interpolation_weights
 from keras_siglip2.layers.interpolation import resize_grid
 from keras_siglip2.layers.map_head import MAPHead
 from keras_siglip2.layers.mlp import MlpBlock
@@ -20,6 +21,7 @@ __all__ = [
     "PositionEmbedding2D",
     "TransformerEncoderBlock",
     "linear_interpolation_matrix",
+    "linear_interpolation_weights",
     "patchify",
     "resize_grid",
 ]

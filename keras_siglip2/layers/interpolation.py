@@ -17,6 +17,37 @@ import keras
 from keras import ops
 
 
+def linear_interpolation_weights(
+    in_size: int,
+    positions,
+    out_size,
+    antialias: bool = True,
+):
+    """Weights of output `positions` of a 1-D linear resize.
+
+    Args:
+        in_size: int. Length of the input axis.
+        positions: int or float tensor of output indices, any shape `S`.
+        out_size: int or tensor broadcastable to `S`: length of the output
+            axis each position belongs to (it may differ per example).
+        antialias: bool. Widen the filter when shrinking, so every input
+            sample contributes (no aliasing).
+
+    Returns:
+        float32 tensor `S + (in_size,)`; each row sums to 1.
+    """
+    out_f = ops.maximum(ops.cast(out_size, "float32"), 1.0)
+    scale = ops.cast(in_size, "float32") / out_f
+    support = ops.maximum(scale, 1.0) if antialias else ops.ones_like(scale)
+    centers = (ops.cast(positions, "float32") + 0.5) * scale
+    inputs = ops.arange(in_size, dtype="float32") + 0.5
+    distance = ops.abs(inputs - centers[..., None]) / support[..., None]
+    weights = ops.relu(1.0 - distance)
+    return weights / ops.maximum(
+        ops.sum(weights, axis=-1, keepdims=True), 1e-12
+    )
+
+
 def linear_interpolation_matrix(
     in_size: int,
     out_size,
@@ -33,8 +64,7 @@ def linear_interpolation_matrix(
         max_out_size: int or None. Static number of rows. Rows at or beyond
             `out_size` are zero. Defaults to `out_size`, which must then be a
             Python int.
-        antialias: bool. Widen the filter when shrinking, so every input
-            sample contributes (no aliasing).
+        antialias: bool. See `linear_interpolation_weights`.
         dtype: string. Dtype of the result.
 
     Returns:
@@ -49,18 +79,12 @@ def linear_interpolation_matrix(
         max_out_size = out_size
     if isinstance(out_size, int) and out_size < 1:
         raise ValueError(f"`out_size` must be >= 1; got {out_size}.")
-    out_f = ops.maximum(ops.cast(out_size, "float32"), 1.0)
-    scale = ops.cast(in_size, "float32") / out_f
-    support = ops.maximum(scale, 1.0) if antialias else 1.0
-    centers = (ops.arange(max_out_size, dtype="float32") + 0.5) * scale
-    inputs = ops.arange(in_size, dtype="float32") + 0.5
-    distance = ops.abs(inputs[None, :] - centers[:, None]) / support
-    weights = ops.relu(1.0 - distance)
-    weights = weights / ops.maximum(
-        ops.sum(weights, axis=1, keepdims=True), 1e-12
+    positions = ops.arange(max_out_size, dtype="float32")
+    out_f = ops.cast(out_size, "float32")
+    weights = linear_interpolation_weights(
+        in_size, positions, ops.broadcast_to(out_f, (max_out_size,)), antialias
     )
-    valid = ops.arange(max_out_size, dtype="float32") < out_f
-    weights = ops.where(valid[:, None], weights, 0.0)
+    weights = ops.where((positions < out_f)[:, None], weights, 0.0)
     return ops.cast(weights, dtype)
 
 

@@ -3,6 +3,7 @@
 import keras
 from keras import ops
 
+from keras_siglip2.layers.interpolation import linear_interpolation_weights
 from keras_siglip2.layers.interpolation import resize_grid
 
 
@@ -76,6 +77,44 @@ class PositionEmbedding2D(keras.layers.Layer):
         )
         resized = resize_grid(table, grid_h, grid_w, antialias=antialias)
         return ops.reshape(resized, (grid_h * grid_w, self.hidden_dim))
+
+    def resize_per_example(self, spatial_shapes, length: int):
+        """Resamples the table to each example's grid, flattened and padded.
+
+        This is the NaFlex position embedding: example `b` gets the table
+        resized (antialiased bilinear) to its `(h_b, w_b)` patch grid,
+        flattened row-major into its first `h_b * w_b` positions. Padding
+        positions get the embedding of grid cell (0, 0), as in HF and
+        big_vision; they are masked downstream. Vectorised over the batch:
+        one matmul, no per-example loop, a static output shape.
+
+        Args:
+            spatial_shapes: int `(batch, 2)`: patch-grid rows and columns of
+                each example, with `h * w <= length`.
+            length: int. Static sequence length (padded patch count).
+
+        Returns:
+            float `(batch, length, hidden_dim)`.
+        """
+        spatial_shapes = ops.cast(spatial_shapes, "float32")
+        heights = spatial_shapes[:, 0:1]
+        widths = spatial_shapes[:, 1:2]
+        positions = ops.arange(length, dtype="float32")[None, :]
+        rows = ops.floor(positions / widths)
+        cols = positions - rows * widths
+        valid = positions < heights * widths
+        rows = ops.where(valid, rows, 0.0)
+        cols = ops.where(valid, cols, 0.0)
+        row_weights = linear_interpolation_weights(self.grid_h, rows, heights)
+        col_weights = linear_interpolation_weights(self.grid_w, cols, widths)
+        weights = row_weights[..., :, None] * col_weights[..., None, :]
+        batch_size = ops.shape(spatial_shapes)[0]
+        weights = ops.reshape(
+            weights, (batch_size, length, self.grid_h * self.grid_w)
+        )
+        table = ops.cast(self.embeddings, "float32")
+        resized = ops.matmul(weights, table)
+        return ops.cast(resized, self.compute_dtype)
 
     def compute_output_shape(self, input_shape):
         return input_shape

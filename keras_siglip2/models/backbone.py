@@ -40,8 +40,10 @@ def _concrete_array(x) -> np.ndarray | None:
 class SigLIP2Backbone(Backbone):
     """SigLIP 2 image and text towers joined by sigmoid image-text logits.
 
-    The functional model maps `{"images", "token_ids"}` to the
-    `(num_images, num_texts)` logits
+    The functional model maps `{"images", "token_ids"}` (or, with
+    `naflex=True`, `{"patches", "patch_mask", "spatial_shapes",
+    "token_ids"}` at any sequence length) to the `(num_images, num_texts)`
+    logits
     `exp(t') * <normalize(img), normalize(txt)> + b`. Without a compiled
     loss, `fit` trains with the pairwise sigmoid loss (image `i` matches
     text `i`), so `backbone.compile(optimizer); backbone.fit(x)` works.
@@ -52,6 +54,10 @@ class SigLIP2Backbone(Backbone):
             the vision encoder's `hidden_dim`.
         logit_scale_init: float. Initial log temperature `t'` (log 10).
         logit_bias_init: float. Initial bias `b` (-10).
+        naflex: bool. Take NaFlex patch inputs instead of square images.
+            The vision encoder's `image_size // patch_size` grid is then the
+            size of the position table that is resized per example (16 x 16
+            in the released NaFlex models).
         dtype: string or `keras.DTypePolicy`. Compute/variable dtype.
         **kwargs: `keras.Model` arguments (`name`, ...).
 
@@ -76,6 +82,7 @@ class SigLIP2Backbone(Backbone):
         text_encoder: SigLIP2TextEncoder,
         logit_scale_init: float = math.log(10.0),
         logit_bias_init: float = -10.0,
+        naflex: bool = False,
         dtype=None,
         **kwargs,
     ):
@@ -96,18 +103,33 @@ class SigLIP2Backbone(Backbone):
         )
 
         # === Functional Model ===
-        size = vision_encoder.image_size
-        image_input = keras.Input(shape=(size, size, 3), name="images")
+        if naflex:
+            patch_dim = vision_encoder.patch_size**2 * 3
+            vision_inputs = {
+                "patches": keras.Input(shape=(None, patch_dim), name="patches"),
+                "patch_mask": keras.Input(
+                    shape=(None,), dtype="int32", name="patch_mask"
+                ),
+                "spatial_shapes": keras.Input(
+                    shape=(2,), dtype="int32", name="spatial_shapes"
+                ),
+            }
+            vision_outputs = vision_encoder(vision_inputs)
+        else:
+            size = vision_encoder.image_size
+            image_input = keras.Input(shape=(size, size, 3), name="images")
+            vision_inputs = {"images": image_input}
+            vision_outputs = vision_encoder(image_input)
         token_id_input = keras.Input(
             shape=(text_encoder.max_sequence_length,),
             dtype="int32",
             name="token_ids",
         )
-        image_embeddings = vision_encoder(image_input)["pooled_output"]
+        image_embeddings = vision_outputs["pooled_output"]
         text_embeddings = text_encoder(token_id_input)["pooled_output"]
         logits = self.contrastive_logits(image_embeddings, text_embeddings)
         super().__init__(
-            inputs={"images": image_input, "token_ids": token_id_input},
+            inputs={**vision_inputs, "token_ids": token_id_input},
             outputs=logits,
             dtype=dtype,
             **kwargs,
@@ -116,6 +138,7 @@ class SigLIP2Backbone(Backbone):
         # === Config ===
         self.logit_scale_init = logit_scale_init
         self.logit_bias_init = logit_bias_init
+        self.naflex = naflex
 
     @classmethod
     def from_config_name(cls, name: str, **kwargs) -> "SigLIP2Backbone":
@@ -147,13 +170,18 @@ class SigLIP2Backbone(Backbone):
         """Pooled image embeddings, before L2 normalisation.
 
         Args:
-            images: float `(batch, image_size, image_size, 3)` in `[-1, 1]`.
+            images: float `(batch, image_size, image_size, 3)` in `[-1, 1]`,
+                or a NaFlex dict (`"patches"`, `"patch_mask"`,
+                `"spatial_shapes"`; see `SigLIP2VisionEncoder`).
             training: bool.
 
         Returns:
             float `(batch, hidden_dim)`.
         """
-        self.vision_encoder._check_images_shape(tuple(images.shape))
+        if isinstance(images, dict):
+            self.validate_naflex_inputs(images)
+        else:
+            self.vision_encoder._check_images_shape(tuple(images.shape))
         outputs = self.vision_encoder(images, training=training)
         return outputs["pooled_output"]
 
@@ -172,6 +200,40 @@ class SigLIP2Backbone(Backbone):
             token_ids = ops.convert_to_tensor(np.asarray(token_ids), "int32")
         outputs = self.text_encoder(token_ids, training=training)
         return outputs["pooled_output"]
+
+    def validate_naflex_inputs(self, inputs: dict) -> None:
+        """Raises `ValueError` for inconsistent NaFlex inputs.
+
+        Checks shapes always, and for concrete (non-traced) values that
+        every grid is non-empty and fits the sequence, and that
+        `patch_mask` marks exactly the first `h * w` patches of each
+        example.
+
+        Args:
+            inputs: NaFlex dict (see `SigLIP2VisionEncoder`).
+        """
+        self.vision_encoder._check_naflex_shapes(
+            {key: value.shape for key, value in inputs.items()}
+        )
+        shapes = _concrete_array(inputs["spatial_shapes"])
+        mask = _concrete_array(inputs["patch_mask"])
+        if shapes is None or mask is None:
+            return
+        counts = shapes.astype(np.int64).prod(axis=-1)
+        length = mask.shape[1]
+        if (shapes < 1).any() or (counts > length).any():
+            raise ValueError(
+                "Each `spatial_shapes` row (h, w) needs h, w >= 1 and "
+                f"h * w <= {length}; got {shapes.tolist()}."
+            )
+        expected = np.arange(length)[None, :] < counts[:, None]
+        if not np.array_equal(mask.astype(bool), expected):
+            bad = np.nonzero((mask.astype(bool) != expected).any(-1))[0]
+            raise ValueError(
+                "`patch_mask` must mark the first h * w patches of each "
+                f"example per `spatial_shapes`; examples {bad.tolist()} "
+                "disagree."
+            )
 
     def validate_token_ids(self, token_ids) -> None:
         """Raises `ValueError` for ids of the wrong dtype or range.
@@ -223,6 +285,7 @@ class SigLIP2Backbone(Backbone):
                 "text_encoder": keras.layers.serialize(self.text_encoder),
                 "logit_scale_init": self.logit_scale_init,
                 "logit_bias_init": self.logit_bias_init,
+                "naflex": self.naflex,
             }
         )
         return config

@@ -12,10 +12,17 @@ from keras_siglip2.layers.transformer_encoder import TransformerEncoderBlock
 
 @keras.saving.register_keras_serializable(package="keras_siglip2")
 class SigLIP2VisionEncoder(keras.layers.Layer):
-    """ViT image encoder for fixed-resolution square images.
+    """ViT image encoder for fixed-resolution or NaFlex inputs.
 
     Patch embedding, learned position embedding, `num_layers` pre-LN
     blocks, a final LayerNorm and a MAP head that pools the tokens.
+
+    Two input forms share the same weights:
+    - fixed resolution: square images; the position table is added as is;
+    - NaFlex: a dict of padded, flattened patches of any aspect ratio
+      (see `keras_siglip2.data.naflex`); the position table is resized to
+      each example's patch grid and padded tokens are masked in every
+      attention and in the MAP head, so they never affect real outputs.
 
     Args:
         image_size: int. Side of the square input image in pixels.
@@ -32,13 +39,18 @@ class SigLIP2VisionEncoder(keras.layers.Layer):
         **kwargs: base layer arguments.
 
     Call arguments:
-        images: float `(batch, image_size, image_size, 3)`, scaled to
-            `[-1, 1]`.
+        inputs: float images `(batch, image_size, image_size, 3)` scaled to
+            `[-1, 1]`, or a NaFlex dict with `"patches"`: float
+            `(batch, length, patch_size**2 * 3)`, `"patch_mask"`: bool/int
+            `(batch, length)` (1 for real patches, a prefix) and
+            `"spatial_shapes"`: int `(batch, 2)` patch-grid rows and
+            columns.
 
     Returns:
         dict with `"sequence_output"`: float `(batch, num_patches,
         hidden_dim)` (after the final LayerNorm) and `"pooled_output"`:
-        float `(batch, hidden_dim)`.
+        float `(batch, hidden_dim)`. For NaFlex inputs the sequence output
+        has `length` tokens, padded ones included.
 
     Example:
     >>> encoder = SigLIP2VisionEncoder(
@@ -120,10 +132,42 @@ class SigLIP2VisionEncoder(keras.layers.Layer):
                 f"{tuple(shape)}."
             )
 
-    def build(self, images_shape):
-        self._check_images_shape(images_shape)
-        self.patch_embedding.build(images_shape)
-        tokens_shape = (images_shape[0], self.grid_size**2, self.hidden_dim)
+    def _check_naflex_shapes(self, shapes):
+        missing = {"patches", "patch_mask", "spatial_shapes"} - set(shapes)
+        if missing:
+            raise ValueError(
+                f"NaFlex inputs miss {sorted(missing)}; got keys "
+                f"{sorted(shapes)}."
+            )
+        patch_dim = self.patch_size**2 * 3
+        patches = tuple(shapes["patches"])
+        if len(patches) != 3 or patches[2] != patch_dim:
+            raise ValueError(
+                "`patches` must have shape (batch, length, "
+                f"{patch_dim}); got shape {patches}."
+            )
+        if tuple(shapes["patch_mask"])[1:] != patches[1:2]:
+            raise ValueError(
+                "`patch_mask` must have shape (batch, length) = "
+                f"{patches[:2]}; got shape {tuple(shapes['patch_mask'])}."
+            )
+        if tuple(shapes["spatial_shapes"])[1:] != (2,):
+            raise ValueError(
+                "`spatial_shapes` must have shape (batch, 2); got shape "
+                f"{tuple(shapes['spatial_shapes'])}."
+            )
+
+    def build(self, input_shape):
+        if isinstance(input_shape, dict):
+            self._check_naflex_shapes(input_shape)
+            batch, length = input_shape["patches"][:2]
+            patch_shape = (batch, self.patch_size, self.patch_size, 3)
+        else:
+            self._check_images_shape(input_shape)
+            batch, length = input_shape[0], self.grid_size**2
+            patch_shape = input_shape
+        self.patch_embedding.build(patch_shape)
+        tokens_shape = (batch, length, self.hidden_dim)
         self.position_embedding.build(tokens_shape)
         for layer in self.encoder_layers:
             layer.build(tokens_shape)
@@ -160,16 +204,30 @@ class SigLIP2VisionEncoder(keras.layers.Layer):
             )
         return {"sequence_output": x, "pooled_output": pooled}
 
-    def call(self, images, training=None):
-        self._check_images_shape(images.shape)
-        x = self.patch_embedding(images)
+    def call(self, inputs, training=None):
+        if isinstance(inputs, dict):
+            self._check_naflex_shapes({k: v.shape for k, v in inputs.items()})
+            patches = inputs["patches"]
+            length = patches.shape[1] or ops.shape(patches)[1]
+            x = self.patch_embedding.embed_patches(patches)
+            x = x + self.position_embedding.resize_per_example(
+                inputs["spatial_shapes"], length
+            )
+            return self.encode_tokens(
+                x, attention_mask=inputs["patch_mask"], training=training
+            )
+        self._check_images_shape(inputs.shape)
+        x = self.patch_embedding(inputs)
         x = self.position_embedding(x)
         return self.encode_tokens(x, training=training)
 
-    def compute_output_shape(self, images_shape):
-        batch = images_shape[0]
+    def compute_output_shape(self, input_shape):
+        if isinstance(input_shape, dict):
+            batch, length = input_shape["patches"][:2]
+        else:
+            batch, length = input_shape[0], self.grid_size**2
         return {
-            "sequence_output": (batch, self.grid_size**2, self.hidden_dim),
+            "sequence_output": (batch, length, self.hidden_dim),
             "pooled_output": (batch, self.hidden_dim),
         }
 

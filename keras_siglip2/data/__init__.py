@@ -1,0 +1,1 @@
+"""Data: NaFlex preprocessing, readers and generated datasets."""
