@@ -1,4 +1,15 @@
-"""keras-siglip2: the SigLIP 2 recipe as a Keras 3 multi-backend library."""
+"""keras-siglip2: the SigLIP 2 recipe as a Keras 3 multi-backend library.
+
+JAX is the default backend: when `KERAS_BACKEND` is unset and keras has not
+been imported yet, importing this package selects "jax". Set
+`KERAS_BACKEND` (or import keras first) to use TensorFlow or PyTorch.
+"""
+
+import os
+
+os.environ.setdefault("KERAS_BACKEND", "jax")
+
+# ruff: noqa: E402
 
 from keras_siglip2.losses import SigmoidLoss
 from keras_siglip2.losses import sigmoid_loss

@@ -5,22 +5,6 @@ a few steps with the sigmoid loss, saves and reloads it, then prints the
 parameter counts of the real SigLIP 2 sizes.
 """
 
-# The backend must be chosen before keras is imported, hence E402.
-# ruff: noqa: E402
-import os
-import sys
-
-if "KERAS_BACKEND" not in os.environ:
-    os.environ["KERAS_BACKEND"] = "jax"
-    _loaded_keras = sys.modules.get("keras")
-    # `python -m keras_siglip2` imports the package, and with it keras,
-    # before this module runs; only a fresh process can switch backends.
-    if _loaded_keras is not None and _loaded_keras.backend.backend() != "jax":
-        os.execv(
-            sys.executable,
-            [sys.executable, "-m", "keras_siglip2", *sys.argv[1:]],
-        )
-
 import math
 import pathlib
 import time
