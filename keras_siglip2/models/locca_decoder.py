@@ -1,0 +1,197 @@
+"""The LocCa decoder: captioning and location tasks on image tokens."""
+
+import keras
+from keras import ops
+
+from keras_siglip2.layers.decoder_block import TransformerDecoderBlock
+
+
+@keras.saving.register_keras_serializable(package="keras_siglip2")
+class LocCaDecoder(keras.layers.Layer):
+    """Transformer decoder cross-attending to the unpooled image tokens.
+
+    SigLIP 2 trains it next to the sigmoid loss (LocCa): captioning,
+    referring expression comprehension (text -> box tokens) and grounded
+    captioning (box tokens -> text). Each example is decoded either
+    autoregressively (causal self-attention) or, for parallel prediction,
+    with full self-attention over mask-token inputs, chosen per example by
+    `parallel`. Sequences are built by `keras_siglip2.data.locca`.
+
+    `call` returns the final hidden states; `logits` applies the output
+    head. Keeping them apart lets the loss be computed in chunks without
+    materialising `(batch, length, vocabulary)` logits.
+
+    Args:
+        vocabulary_size: int. Decoder vocabulary (text tokens, location
+            bins, task and mask tokens).
+        hidden_dim: int. Width (the text encoder's width in SigLIP 2).
+        num_layers: int. Depth (half the text encoder's in SigLIP 2).
+        num_heads: int. Attention heads.
+        intermediate_dim: int. MLP hidden width.
+        max_sequence_length: int. Longest decoder sequence.
+        image_dim: int. Width of the image tokens it cross-attends to.
+        layer_norm_epsilon: float.
+        dropout: float.
+        **kwargs: base layer arguments.
+
+    Call arguments:
+        token_ids: int `(batch, length)` decoder inputs.
+        image_tokens: float `(batch, num_patches, image_dim)` unpooled image
+            tokens; projected to `hidden_dim`.
+        parallel: optional bool `(batch,)`; true for parallel prediction
+            (no causal mask). Defaults to all autoregressive.
+        image_mask: optional bool/int `(batch, num_patches)` validity of
+            the image tokens (NaFlex padding).
+        training: bool.
+
+    Returns:
+        float `(batch, length, hidden_dim)`.
+
+    Example:
+    >>> decoder = LocCaDecoder(
+    ...     vocabulary_size=20, hidden_dim=8, num_layers=1, num_heads=2,
+    ...     intermediate_dim=16, max_sequence_length=6, image_dim=12)
+    >>> hidden = decoder(
+    ...     keras.ops.ones((2, 6), "int32"), keras.ops.ones((2, 4, 12)))
+    >>> decoder.logits(hidden).shape
+    (2, 6, 20)
+    """
+
+    def __init__(
+        self,
+        vocabulary_size: int,
+        hidden_dim: int,
+        num_layers: int,
+        num_heads: int,
+        intermediate_dim: int,
+        max_sequence_length: int,
+        image_dim: int,
+        layer_norm_epsilon: float = 1e-6,
+        dropout: float = 0.0,
+        **kwargs,
+    ):
+        kwargs.setdefault("name", "locca_decoder")
+        super().__init__(**kwargs)
+        self.vocabulary_size = vocabulary_size
+        self.hidden_dim = hidden_dim
+        self.num_layers = num_layers
+        self.num_heads = num_heads
+        self.intermediate_dim = intermediate_dim
+        self.max_sequence_length = max_sequence_length
+        self.image_dim = image_dim
+        self.layer_norm_epsilon = layer_norm_epsilon
+        self.dropout = dropout
+
+        self.token_embedding = keras.layers.Embedding(
+            vocabulary_size,
+            hidden_dim,
+            embeddings_initializer=keras.initializers.RandomNormal(
+                stddev=hidden_dim**-0.5
+            ),
+            dtype=self.dtype_policy,
+            name="Embed_0",
+        )
+        self.image_projection = keras.layers.Dense(
+            hidden_dim, dtype=self.dtype_policy, name="image_projection"
+        )
+        self.decoder_layers = [
+            TransformerDecoderBlock(
+                hidden_dim,
+                num_heads,
+                intermediate_dim,
+                layer_norm_epsilon=layer_norm_epsilon,
+                dropout=dropout,
+                dtype=self.dtype_policy,
+                name=f"decoderblock_{i}",
+            )
+            for i in range(num_layers)
+        ]
+        self.decoder_norm = keras.layers.LayerNormalization(
+            epsilon=layer_norm_epsilon,
+            dtype=self.dtype_policy,
+            name="decoder_norm",
+        )
+        self.head = keras.layers.Dense(
+            vocabulary_size,
+            kernel_initializer="zeros",
+            dtype=self.dtype_policy,
+            name="head",
+        )
+
+    def build(self, token_ids_shape):
+        batch = token_ids_shape[0]
+        self.token_embedding.build(token_ids_shape)
+        self.position_embedding = self.add_weight(
+            shape=(self.max_sequence_length, self.hidden_dim),
+            initializer=keras.initializers.RandomNormal(
+                stddev=self.hidden_dim**-0.5
+            ),
+            name="pos_embedding",
+        )
+        self.image_projection.build((batch, None, self.image_dim))
+        tokens_shape = (batch, token_ids_shape[1], self.hidden_dim)
+        for layer in self.decoder_layers:
+            layer.build(tokens_shape)
+        self.decoder_norm.build(tokens_shape)
+        self.head.build(tokens_shape)
+        self.built = True
+
+    def call(
+        self,
+        token_ids,
+        image_tokens,
+        parallel=None,
+        image_mask=None,
+        training=None,
+    ):
+        if len(token_ids.shape) != 2 or (
+            token_ids.shape[1] is not None
+            and token_ids.shape[1] > self.max_sequence_length
+        ):
+            raise ValueError(
+                "`token_ids` must have shape (batch, length) with length <= "
+                f"{self.max_sequence_length}; got {tuple(token_ids.shape)}."
+            )
+        length = ops.shape(token_ids)[1]
+        x = self.token_embedding(token_ids)
+        x = x + ops.cast(self.position_embedding[:length], x.dtype)[None]
+        memory = self.image_projection(image_tokens)
+        causal = ops.tril(ops.ones((length, length), "bool"))
+        if parallel is None:
+            mask = causal[None, None]
+        else:
+            parallel = ops.cast(parallel, "bool")[:, None, None, None]
+            mask = ops.logical_or(causal[None, None], parallel)
+        for layer in self.decoder_layers:
+            x = layer(
+                x,
+                memory,
+                self_attention_mask=mask,
+                memory_mask=image_mask,
+                training=training,
+            )
+        return self.decoder_norm(x)
+
+    def logits(self, hidden):
+        """Output-head logits `(..., vocabulary_size)` of hidden states."""
+        return self.head(hidden)
+
+    def compute_output_shape(self, token_ids_shape):
+        return tuple(token_ids_shape) + (self.hidden_dim,)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "vocabulary_size": self.vocabulary_size,
+                "hidden_dim": self.hidden_dim,
+                "num_layers": self.num_layers,
+                "num_heads": self.num_heads,
+                "intermediate_dim": self.intermediate_dim,
+                "max_sequence_length": self.max_sequence_length,
+                "image_dim": self.image_dim,
+                "layer_norm_epsilon": self.layer_norm_epsilon,
+                "dropout": self.dropout,
+            }
+        )
+        return config

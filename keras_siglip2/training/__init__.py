@@ -1,0 +1,1 @@
+"""Training stages of the SigLIP 2 recipe."""
