@@ -21,7 +21,8 @@ class ContrastiveLogits(keras.layers.Layer):
         text_embeddings: float `(num_texts, dim)`, not normalised.
 
     Returns:
-        float `(num_images, num_texts)` logits.
+        float32 `(num_images, num_texts)` logits (whatever the compute
+        dtype).
 
     Example:
     >>> layer = ContrastiveLogits()
@@ -53,12 +54,17 @@ class ContrastiveLogits(keras.layers.Layer):
         self.built = True
 
     def call(self, image_embeddings, text_embeddings):
-        image_embeddings = ops.normalize(image_embeddings, axis=-1)
-        text_embeddings = ops.normalize(text_embeddings, axis=-1)
-        dtype = image_embeddings.dtype
+        # Always float32: under mixed precision a bfloat16 bias of -10 would
+        # have a resolution of 0.06.
+        image_embeddings = ops.normalize(
+            ops.cast(image_embeddings, "float32"), axis=-1
+        )
+        text_embeddings = ops.normalize(
+            ops.cast(text_embeddings, "float32"), axis=-1
+        )
         logits = ops.matmul(image_embeddings, ops.transpose(text_embeddings))
-        scale = ops.exp(ops.cast(self.logit_scale, dtype))
-        return logits * scale + ops.cast(self.logit_bias, dtype)
+        scale = ops.exp(ops.cast(self.logit_scale, "float32"))
+        return logits * scale + ops.cast(self.logit_bias, "float32")
 
     def compute_output_shape(
         self, image_embeddings_shape, text_embeddings_shape

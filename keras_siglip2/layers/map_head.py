@@ -76,8 +76,8 @@ class MAPHead(keras.layers.Layer):
         y = y + self.mlp(self.layer_norm(y))
         return y[:, 0]
 
-    def compute_output_shape(self, input_shape, attention_mask_shape=None):
-        return (input_shape[0], self.hidden_dim)
+    def compute_output_shape(self, x_shape, attention_mask_shape=None):
+        return (x_shape[0], self.hidden_dim)
 
     def get_config(self):
         config = super().get_config()

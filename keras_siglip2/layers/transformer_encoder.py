@@ -77,8 +77,8 @@ class TransformerEncoderBlock(keras.layers.Layer):
         y = self.mlp(self.layer_norm_2(x))
         return x + self.dropout_layer(y, training=training)
 
-    def compute_output_shape(self, input_shape, attention_mask_shape=None):
-        return input_shape
+    def compute_output_shape(self, x_shape, attention_mask_shape=None):
+        return x_shape
 
     def get_config(self):
         config = super().get_config()

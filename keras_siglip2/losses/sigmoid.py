@@ -45,11 +45,23 @@ class SigmoidLoss(keras.losses.Loss):
     """`keras.losses.Loss` form of `sigmoid_loss`.
 
     `y_true` holds the pair labels (1 positive, 0 negative) with the shape
-    of `y_pred`, the `(num_images, num_texts)` logits.
+    of `y_pred`, the `(num_images, num_texts)` logits. The loss is already
+    a scalar over the whole batch, so per-example `sample_weight` is not
+    supported (it raises rather than being silently ignored).
     """
 
-    def __init__(self, name: str = "sigmoid_loss", **kwargs):
-        super().__init__(name=name, reduction="sum", **kwargs)
+    def __init__(
+        self, name: str = "sigmoid_loss", reduction: str = "sum", dtype=None
+    ):
+        super().__init__(name=name, reduction=reduction, dtype=dtype)
+
+    def __call__(self, y_true, y_pred, sample_weight=None):
+        if sample_weight is not None:
+            raise ValueError(
+                "`SigmoidLoss` does not take `sample_weight`: the loss couples "
+                "every image with every text of the batch."
+            )
+        return super().__call__(y_true, y_pred)
 
     def call(self, y_true, y_pred):
         return sigmoid_loss(y_pred, labels=y_true)

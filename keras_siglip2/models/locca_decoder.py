@@ -176,6 +176,62 @@ class LocCaDecoder(keras.layers.Layer):
         """Output-head logits `(..., vocabulary_size)` of hidden states."""
         return self.head(hidden)
 
+    def generate(
+        self,
+        image_tokens,
+        prompt_ids,
+        prompt_lengths,
+        num_steps: int,
+        image_mask=None,
+        allowed_token_mask=None,
+    ):
+        """Greedy autoregressive decoding after per-example prompts.
+
+        The whole fixed-length buffer is re-encoded each step (no cache),
+        so every step has the same shapes and compiles once.
+
+        Args:
+            image_tokens: float `(batch, num_patches, image_dim)`.
+            prompt_ids: int `(batch, prompt_length)`: task token and
+                prefix, right-padded.
+            prompt_lengths: int `(batch,)` real prompt lengths (>= 1).
+            num_steps: int. Tokens to generate.
+            image_mask: optional `(batch, num_patches)` validity mask.
+            allowed_token_mask: optional bool `(vocabulary_size,)`; only
+                these tokens may be generated (e.g. location tokens for
+                referring expressions).
+
+        Returns:
+            int32 `(batch, num_steps)` generated ids.
+        """
+        prompt_ids = ops.cast(prompt_ids, "int32")
+        batch, prompt_length = prompt_ids.shape
+        length = prompt_length + num_steps
+        if length > self.max_sequence_length:
+            raise ValueError(
+                f"prompt ({prompt_length}) + num_steps ({num_steps}) "
+                f"exceeds max_sequence_length ({self.max_sequence_length})."
+            )
+        tokens = ops.pad(prompt_ids, ((0, 0), (0, num_steps)))
+        positions = ops.cast(prompt_lengths, "int32") - 1
+        columns = ops.arange(length, dtype="int32")[None, :]
+        generated = []
+        for _ in range(num_steps):
+            hidden = self(tokens, image_tokens, image_mask=image_mask)
+            last = ops.take_along_axis(
+                hidden, positions[:, None, None], axis=1
+            )[:, 0]
+            logits = ops.cast(self.logits(last), "float32")
+            if allowed_token_mask is not None:
+                logits = ops.where(allowed_token_mask[None], logits, -1e9)
+            next_ids = ops.cast(ops.argmax(logits, axis=-1), "int32")
+            generated.append(next_ids)
+            positions = positions + 1
+            tokens = ops.where(
+                columns == positions[:, None], next_ids[:, None], tokens
+            )
+        return ops.stack(generated, axis=1)
+
     def compute_output_shape(self, token_ids_shape):
         return tuple(token_ids_shape) + (self.hidden_dim,)
 
