@@ -13,16 +13,26 @@ os.environ.setdefault("KERAS_BACKEND", "jax")
 
 from keras_siglip2.losses import SigmoidLoss
 from keras_siglip2.losses import sigmoid_loss
+from keras_siglip2.models import LocCaDecoder
 from keras_siglip2.models import SigLIP2Backbone
+from keras_siglip2.models import SigLIP2ImageConverter
+from keras_siglip2.models import SigLIP2Preprocessor
 from keras_siglip2.models import SigLIP2TextEncoder
+from keras_siglip2.models import SigLIP2Tokenizer
 from keras_siglip2.models import SigLIP2VisionEncoder
+from keras_siglip2.models import SigLIPTokenizer
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "LocCaDecoder",
     "SigLIP2Backbone",
+    "SigLIP2ImageConverter",
+    "SigLIP2Preprocessor",
     "SigLIP2TextEncoder",
+    "SigLIP2Tokenizer",
     "SigLIP2VisionEncoder",
+    "SigLIPTokenizer",
     "SigmoidLoss",
     "sigmoid_loss",
 ]

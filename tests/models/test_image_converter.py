@@ -1,0 +1,200 @@
+"""`SigLIP2ImageConverter` against HF's `SiglipImageProcessor`.
+
+Without torchvision (as here) `SiglipImageProcessor` is the PIL backend
+(`SiglipImageProcessorPil`), used directly below. PIL resizes `uint8`
+images in two separable passes and rounds to `uint8` after each; with
+non-negative weights (bilinear) each rounding moves a value by at most half
+a step, so ours (float, one pass) is within one `uint8` step
+(`1 / 127.5` after scaling) of HF. Bicubic has negative lobes: the first
+rounding error is amplified by at most the kernel's absolute weight sum
+(under 1.2 for Keys' a = -0.5), so the bound is 0.5 * 1.2 + 0.5 = 1.1
+steps, provided no value overshoots [0, 255] (PIL clips there, we do not:
+see the last test of this group).
+"""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from transformers import SiglipImageProcessorPil
+from transformers.image_utils import PILImageResampling
+
+from keras_siglip2.models.image_converter import SigLIP2ImageConverter
+
+STEP = 1.0 / 127.5
+
+
+def _noise(height, width, seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, 256, (height, width, 3)).astype(np.uint8)
+
+
+def _smooth(height, width):
+    """Low-frequency image in [27, 227]: bicubic does not overshoot."""
+    y, x = np.mgrid[0:height, 0:width] / max(height, width)
+    image = [127 + 100 * np.sin(3 * x + 2 * y + c) for c in range(3)]
+    return np.round(np.stack(image, -1)).astype(np.uint8)
+
+
+def _hf(image, size, resample):
+    processor = SiglipImageProcessorPil(
+        size={"height": size, "width": size}, resample=resample
+    )
+    pixels = processor(image, return_tensors="np")["pixel_values"][0]
+    return pixels.transpose(1, 2, 0)
+
+
+def _ours(image, size, **kwargs):
+    return np.asarray(SigLIP2ImageConverter(image_size=size, **kwargs)(image))
+
+
+def test_defaults_are_hf_siglip_defaults():
+    hf = SiglipImageProcessorPil()
+    assert hf.resample == PILImageResampling.BICUBIC
+    assert hf.do_rescale and hf.do_normalize
+    assert list(hf.image_mean) == list(hf.image_std) == [0.5, 0.5, 0.5]
+    converter = SigLIP2ImageConverter(image_size=224)
+    assert converter.interpolation == "bicubic" and converter.antialias
+    assert not converter.crop_to_aspect_ratio
+    # (x * rescale - mean) / std == x / 127.5 - 1.
+    scale = hf.rescale_factor / hf.image_std[0]
+    assert converter.scale == pytest.approx(scale)
+    assert converter.offset == pytest.approx(-hf.image_mean[0] / 0.5)
+
+
+@pytest.mark.parametrize("interpolation", ["bicubic", "bilinear"])
+def test_identity_size_matches_hf_exactly(interpolation):
+    resample = getattr(PILImageResampling, interpolation.upper())
+    image = _noise(32, 32)
+    ours = _ours(image, 32, interpolation=interpolation)
+    np.testing.assert_allclose(ours, _hf(image, 32, resample), atol=1e-6)
+    np.testing.assert_allclose(ours, image / 127.5 - 1, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "height, width, size",
+    [(97, 61, 32), (200, 300, 48), (40, 50, 64), (31, 31, 64)],
+)
+def test_bilinear_within_one_uint8_step_of_hf(height, width, size):
+    image = _noise(height, width)
+    hf = _hf(image, size, PILImageResampling.BILINEAR)
+    diff = np.abs(_ours(image, size, interpolation="bilinear") - hf)
+    assert diff.max() <= STEP * 1.001
+    # Rounding errors are spread evenly, not biased.
+    assert diff.mean() <= 0.35 * STEP
+
+
+@pytest.mark.parametrize(
+    "height, width, size", [(97, 61, 32), (200, 300, 48), (40, 50, 64)]
+)
+def test_bicubic_within_bound_of_hf_without_overshoot(height, width, size):
+    image = _smooth(height, width)
+    hf = _hf(image, size, PILImageResampling.BICUBIC)
+    diff = np.abs(_ours(image, size) - hf)
+    assert diff.max() <= 1.1 * STEP
+    assert diff.mean() <= 0.35 * STEP
+
+
+def test_bicubic_overshoot_is_kept_where_hf_clips():
+    """Documented difference: upsampling noise with bicubic overshoots
+    [0, 255]; HF (uint8) clips, this layer keeps the float values."""
+    image = _noise(20, 20)
+    hf = _hf(image, 64, PILImageResampling.BICUBIC)
+    ours = _ours(image, 64)
+    assert hf.min() >= -1 and hf.max() <= 1
+    assert ours.min() < -1 or ours.max() > 1
+    inside = (ours > -1) & (ours < 1)
+    assert np.median(np.abs(ours - hf)[inside]) <= STEP
+
+
+def test_big_vision_resize_is_bilinear_without_antialias():
+    """big_vision: `resize(size)` = `tf.image.resize` bilinear, no
+    antialias, on the image; then `value_range(-1, 1)`."""
+    image = _noise(97, 61)
+    expected = tf.image.resize(image, (32, 32), antialias=False).numpy()
+    expected = -1 + expected * 2 / 255
+    ours = _ours(image, 32, interpolation="bilinear", antialias=False)
+    np.testing.assert_allclose(ours, expected, atol=1e-5)
+
+
+def test_tf_data_matches_eager():
+    images = np.stack([_noise(50, 40, seed=i) for i in range(4)])
+    converter = SigLIP2ImageConverter(image_size=24)
+    eager = np.asarray(converter(images))
+    assert eager.shape == (4, 24, 24, 3) and eager.dtype == np.float32
+    dataset = tf.data.Dataset.from_tensor_slices(images)
+    single = np.stack([x.numpy() for x in dataset.map(converter)])
+    batched = next(iter(dataset.batch(4).map(converter))).numpy()
+    # JAX and TF implement the same resampling kernels.
+    np.testing.assert_allclose(single, eager, atol=1e-5)
+    np.testing.assert_allclose(batched, eager, atol=1e-5)
+
+
+def test_input_forms_agree():
+    image = _noise(30, 20)
+    converter = SigLIP2ImageConverter(image_size=(16, 12))
+    expected = np.asarray(converter(image[None]))
+    assert expected.shape == (1, 16, 12, 3)
+    np.testing.assert_allclose(converter(image), expected[0], atol=1e-6)
+    as_float = converter(image.astype("float64")[None])
+    np.testing.assert_allclose(as_float, expected, atol=1e-6)
+    np.testing.assert_allclose(converter(tf.constant(image[None])), expected)
+    mixed = converter([image, _noise(10, 70)])
+    assert mixed.shape == (2, 16, 12, 3)
+    np.testing.assert_allclose(mixed[:1], expected, atol=1e-6)
+
+
+def test_config_round_trip():
+    converter = SigLIP2ImageConverter(
+        image_size=20, interpolation="bilinear", antialias=False
+    )
+    restored = SigLIP2ImageConverter.from_config(converter.get_config())
+    assert restored.get_config() == converter.get_config()
+    image = _noise(33, 21)
+    np.testing.assert_array_equal(restored(image), converter(image))
+
+
+@pytest.mark.parametrize(
+    "images, match",
+    [
+        (np.zeros((2, 0, 5, 3), "uint8"), r"empty.*\(2, 0, 5, 3\)"),
+        (np.zeros((4, 4, 4), "uint8"), r"3 \(RGB\) channels.*\(4, 4, 4\)"),
+        (np.zeros((4, 4, 1), "uint8"), r"got 1 channels"),
+        (np.zeros((4, 4), "uint8"), r"shape \(height, width, 3\)"),
+        (np.full((4, 4, 3), np.nan, "float32"), r"finite.*48 NaN"),
+        (np.full((1, 4, 4, 3), np.inf), r"finite.*\(1, 4, 4, 3\)"),
+        (np.zeros((4, 4, 3), bool), "real numbers"),
+    ],
+)
+def test_bad_images(images, match):
+    with pytest.raises(ValueError, match=match):
+        SigLIP2ImageConverter(image_size=8)(images)
+
+
+def test_bad_images_in_tf_data():
+    converter = SigLIP2ImageConverter(image_size=8)
+    grey = tf.data.Dataset.from_tensor_slices(np.zeros((2, 4, 4, 1)))
+    with pytest.raises(ValueError, match="got 1 channels"):
+        grey.map(converter)
+    nan = tf.data.Dataset.from_tensor_slices(np.full((1, 4, 4, 3), np.nan))
+    with pytest.raises(tf.errors.InvalidArgumentError, match="finite"):
+        list(nan.map(converter))
+    ragged = tf.data.Dataset.from_generator(
+        lambda: iter([np.zeros((0, 3, 3), "uint8")]),
+        output_signature=tf.TensorSpec((None, None, 3), tf.uint8),
+    )
+    with pytest.raises(tf.errors.InvalidArgumentError, match="empty"):
+        list(ragged.map(converter))
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"image_size": 0}, "image_size"),
+        ({"image_size": (8, 8, 3)}, "image_size"),
+        ({"image_size": 8, "interpolation": "area"}, "interpolation"),
+        ({"image_size": 8, "data_format": "channels_first"}, "channels"),
+    ],
+)
+def test_bad_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        SigLIP2ImageConverter(**kwargs)
