@@ -1,0 +1,179 @@
+"""From image-text examples to training batches (`tf.data`).
+
+Input elements have the reader schema of `keras_siglip2.data.readers`
+(`image`, `captions`, `boxes`, `refexps`; generated examples add
+`grounded_captions`). Each example gets, deterministically from
+`(seed, index)`: one of its captions for the sigmoid loss, and a LocCa
+decoder sequence (captioning, a referring expression of one of its boxes,
+or a grounded caption of it; see `keras_siglip2.data.locca`). Examples
+without boxes are always used for captioning.
+
+Images become either fixed-resolution `images` (an image converter, e.g.
+`SigLIP2ImageConverter`) or NaFlex inputs with one sequence length per
+batch, drawn from `sequence_lengths` by `(seed, batch index)`, so every
+batch has one static shape.
+"""
+
+import numpy as np
+import tensorflow as tf
+
+from keras_siglip2.data.locca import CAPTION
+from keras_siglip2.data.locca import GROUNDED
+from keras_siglip2.data.locca import LocCaVocabulary
+from keras_siglip2.data.locca import locca_sequence
+from keras_siglip2.data.naflex import naflex_preprocess
+
+
+def _draw(seed, index, stream):
+    """A stateless seed for `(seed, index)` and a named stream."""
+    return tf.stack(
+        [tf.cast(seed, tf.int64) * 1_000_003 + stream, tf.cast(index, tf.int64)]
+    )
+
+
+def _pick(strings, seed):
+    """One element of a non-empty 1-D string tensor."""
+    count = tf.shape(strings, out_type=tf.int64)[0]
+    position = tf.random.stateless_uniform(
+        (), seed, minval=0, maxval=count, dtype=tf.int64
+    )
+    return strings[position]
+
+
+def training_batches(
+    examples: tf.data.Dataset,
+    tokenizer,
+    batch_size: int,
+    decoder_vocabulary: LocCaVocabulary | None = None,
+    decoder_length: int = 32,
+    image_converter=None,
+    naflex_patch_size: int | None = None,
+    sequence_lengths=(256,),
+    seed: int = 0,
+    task_probabilities=(0.5, 0.25, 0.25),
+    parallel_fraction: float = 0.5,
+    drop_remainder: bool = True,
+) -> tf.data.Dataset:
+    """Batches for the sigmoid loss and (optionally) the LocCa decoder.
+
+    Args:
+        examples: `tf.data.Dataset` of reader-schema dicts.
+        tokenizer: a text tokenizer layer mapping strings to fixed-length
+            int ids (e.g. `SigLIP2Tokenizer`).
+        batch_size: int.
+        decoder_vocabulary: a `LocCaVocabulary` to add decoder sequences,
+            or None for image-text batches only.
+        decoder_length: int. Decoder sequence length.
+        image_converter: layer for fixed-resolution images; exclusive with
+            `naflex_patch_size`.
+        naflex_patch_size: int. Produce NaFlex inputs with this patch size.
+        sequence_lengths: NaFlex lengths, one drawn per batch.
+        seed: int. Seeds every random choice (with the element index).
+        task_probabilities: captioning, referring, grounded captioning.
+        parallel_fraction: fraction of captioning in parallel prediction.
+        drop_remainder: drop a last, smaller batch (static batch size).
+
+    Returns:
+        `tf.data.Dataset` of dicts: `images` (or `patches`, `patch_mask`,
+        `spatial_shapes`), `token_ids`, and with a decoder vocabulary
+        `decoder_inputs`, `decoder_targets`, `decoder_loss_weights`,
+        `parallel`, `task`.
+    """
+    if (image_converter is None) == (naflex_patch_size is None):
+        raise ValueError(
+            "Pass exactly one of `image_converter` (fixed resolution) and "
+            "`naflex_patch_size` (NaFlex)."
+        )
+    lengths = [int(length) for length in sequence_lengths]
+    task_logits = tf.math.log([list(task_probabilities)])
+
+    def vision(index, image):
+        if image_converter is not None:
+            return {"images": image_converter(image)}
+        batch_index = index // batch_size
+        which = tf.random.stateless_uniform(
+            (),
+            _draw(seed, batch_index, 1),
+            maxval=len(lengths),
+            dtype=tf.int64,
+        )
+        branches = [
+            (
+                lambda length=length: naflex_preprocess(
+                    image, naflex_patch_size, length
+                )
+            )
+            for length in lengths
+        ]
+        return tf.switch_case(tf.cast(which, tf.int32), branches)
+
+    def decoder(index, example, caption_ids):
+        boxes = example["boxes"]
+        num_regions = tf.shape(boxes, out_type=tf.int64)[0]
+        has_region = num_regions > 0
+        region = tf.random.stateless_uniform(
+            (),
+            _draw(seed, index, 2),
+            maxval=tf.maximum(num_regions, 1),
+            dtype=tf.int64,
+        )
+        task = tf.random.stateless_categorical(
+            task_logits, 1, _draw(seed, index, 3)
+        )[0, 0]
+        task = tf.where(has_region, tf.cast(task, tf.int32), CAPTION)
+        box = tf.cond(has_region, lambda: boxes[region], lambda: tf.zeros((4,)))
+        region_texts = example.get("grounded_captions", example["refexps"])
+        region_text = tf.cond(
+            has_region,
+            lambda: tf.where(
+                task == GROUNDED,
+                region_texts[region],
+                example["refexps"][region],
+            ),
+            lambda: tf.constant(""),
+        )
+        parallel = (
+            tf.random.stateless_uniform((), _draw(seed, index, 4))
+            < parallel_fraction
+        )
+        sequence = locca_sequence(
+            task,
+            caption_ids,
+            tokenizer(region_text),
+            box,
+            decoder_vocabulary,
+            decoder_length,
+            parallel=parallel,
+        )
+        sequence["task"] = task
+        return sequence
+
+    def to_inputs(index, example):
+        caption = _pick(example["captions"], _draw(seed, index, 0))
+        caption_ids = tokenizer(caption)
+        inputs = {**vision(index, example["image"]), "token_ids": caption_ids}
+        if decoder_vocabulary is not None:
+            inputs.update(decoder(index, example, caption_ids))
+        return inputs
+
+    return (
+        examples.enumerate()
+        .map(to_inputs, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        .batch(batch_size, drop_remainder=drop_remainder)
+    )
+
+
+def batch_sequence_lengths(
+    num_batches: int, sequence_lengths, seed: int = 0
+) -> np.ndarray:
+    """The NaFlex length `training_batches` draws for each batch index."""
+    lengths = [int(length) for length in sequence_lengths]
+    draws = [
+        int(
+            tf.random.stateless_uniform(
+                (), _draw(seed, b, 1), maxval=len(lengths), dtype=tf.int64
+            )
+        )
+        for b in range(num_batches)
+    ]
+    return np.array([lengths[d] for d in draws])
