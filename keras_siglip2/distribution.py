@@ -23,6 +23,7 @@ Example:
 """
 
 import math
+import operator
 import re
 
 import keras
@@ -31,32 +32,34 @@ BATCH_AXIS = "batch"
 MODEL_AXIS = "model"
 STRATEGIES = ("data_parallel", "fsdp")
 
-# Layouts are fixed per kind of weight because Keras looks them up by path
-# when a weight is created, before any shape is known. Kernels are split
-# along the model width, not always their largest dimension: every SigLIP 2
-# width (768, 1024, 1152, 1536) is a multiple of 128, while the So400m MLP
-# width (4304 = 16 x 269) splits at most 16 ways. The token table is split
-# along the vocabulary (256k = 2**11 x 125), its largest dimension. The
-# empty layout `()` replicates a weight of any rank.
+# Layouts are fixed per kind of weight: Keras looks a layout up by path
+# when the weight is created, before its shape is known. Kernels and tables
+# are split along a model width rather than always their largest
+# dimension: every SigLIP 2 width (768, 1024, 1152, 1536) is a multiple of
+# 128, while the So400m MLP width (4304 = 16 x 269) and the LocCa
+# vocabulary (256,000 + 1,004 = 4 x 64,251) split only a few ways. The
+# empty layout `()` replicates a weight of any rank; `(.*/)?` matches any
+# parent layers, or none.
 LAYOUT_RULES = (
-    # Attention projections: (width, heads, head_dim), (heads, head_dim,
-    # width).
-    (r".*/(query|key|value)/kernel", (MODEL_AXIS, None, None)),
-    (r".*/out/kernel", (None, None, MODEL_AXIS)),
+    # Attention projections (self and cross): (width, heads, head_dim),
+    # (heads, head_dim, width).
+    (r"(.*/)?(query|key|value)/kernel", (MODEL_AXIS, None, None)),
+    (r"(.*/)?out/kernel", (None, None, MODEL_AXIS)),
     # MLP: (width, mlp_width), (mlp_width, width).
-    (r".*/Dense_0/kernel", (MODEL_AXIS, None)),
-    (r".*/Dense_1/kernel", (None, MODEL_AXIS)),
+    (r"(.*/)?Dense_0/kernel", (MODEL_AXIS, None)),
+    (r"(.*/)?Dense_1/kernel", (None, MODEL_AXIS)),
     # Patch embedding (patch, patch, 3, width).
-    (r".*/embedding/kernel", (None, None, None, MODEL_AXIS)),
-    # Pooled-output heads: (width, projection_width or vocabulary).
-    (r".*/head/kernel", (None, MODEL_AXIS)),
-    # Token table (vocabulary, width).
-    (r".*/Embed_\d+/embeddings", (MODEL_AXIS, None)),
-    # Learned position tables (positions, width).
-    (r".*/pos_embedding(/embeddings)?", (None, MODEL_AXIS)),
+    (r"(.*/)?embedding/kernel", (None, None, None, MODEL_AXIS)),
+    # Projections from a width: text head (width, image_width), LocCa
+    # image projection (image_width, width) and head (width, vocabulary).
+    (r"(.*/)?(head|image_projection)/kernel", (MODEL_AXIS, None)),
+    # Token tables (vocabulary, width) and position tables (positions,
+    # width).
+    (r"(.*/)?Embed_\d+/embeddings", (None, MODEL_AXIS)),
+    (r"(.*/)?pos_embedding(/embeddings)?", (None, MODEL_AXIS)),
     # Small weights: biases, LayerNorm, the MAP probe, temperature and bias.
-    (r".*/(bias|gamma|beta|probe)", ()),
-    (r".*/(t|b)", ()),
+    (r"(.*/)?(bias|gamma|beta|probe)", ()),
+    (r"(.*/)?(t|b)", ()),
 )
 
 
@@ -88,13 +91,15 @@ def get_device_mesh(
     num_devices = len(devices)
     if mesh_shape is None:
         mesh_shape = (num_devices, 1)
-    mesh_shape = tuple(mesh_shape)
-    if len(mesh_shape) != 2 or not all(
-        isinstance(size, int) and size >= 1 for size in mesh_shape
-    ):
+    original_shape = mesh_shape
+    try:
+        mesh_shape = tuple(operator.index(size) for size in mesh_shape)
+    except TypeError:
+        mesh_shape = None
+    if mesh_shape is None or len(mesh_shape) != 2 or min(mesh_shape) < 1:
         raise ValueError(
             "`mesh_shape` must be two positive ints (batch_devices, "
-            f"model_devices); got {mesh_shape}."
+            f"model_devices); got {original_shape}."
         )
     if math.prod(mesh_shape) != num_devices:
         raise ValueError(

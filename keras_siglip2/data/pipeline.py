@@ -53,6 +53,7 @@ def training_batches(
     task_probabilities=(0.5, 0.25, 0.25),
     parallel_fraction: float = 0.5,
     drop_remainder: bool = True,
+    start_index: int = 0,
 ) -> tf.data.Dataset:
     """Batches for the sigmoid loss and (optionally) the LocCa decoder.
 
@@ -72,6 +73,10 @@ def training_batches(
         task_probabilities: captioning, referring, grounded captioning.
         parallel_fraction: fraction of captioning in parallel prediction.
         drop_remainder: drop a last, smaller batch (static batch size).
+        start_index: index of the first element in the whole stream, when
+            `examples` resumes a stream part-way (random choices depend on
+            the index, so a resumed stream continues identically; keep it a
+            multiple of `batch_size`).
 
     Returns:
         `tf.data.Dataset` of dicts: `images` (or `patches`, `patch_mask`,
@@ -157,7 +162,7 @@ def training_batches(
         return inputs
 
     return (
-        examples.enumerate()
+        examples.enumerate(start=start_index)
         .map(to_inputs, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
         .batch(batch_size, drop_remainder=drop_remainder)
     )

@@ -71,6 +71,12 @@ class ContrastiveLogits(keras.layers.Layer):
     ):
         return (image_embeddings_shape[0], text_embeddings_shape[0])
 
+    def compute_output_spec(self, image_embeddings, text_embeddings):
+        shape = self.compute_output_shape(
+            image_embeddings.shape, text_embeddings.shape
+        )
+        return keras.KerasTensor(shape, dtype="float32")
+
     def get_config(self):
         config = super().get_config()
         config.update(

@@ -2,12 +2,14 @@
 
 The plain loss needs every image-text logit: under data parallelism each
 device holds a `(local_batch, global_batch)` slice of the logits, which
-grows with the global batch. The ring form (SigLIP, section 3.3) keeps the
-images on their device and passes the text embeddings from device to
-device (`jax.lax.ppermute` under `jax.shard_map`); each device adds up the
-loss of one `(local_batch, local_batch)` block at a time. The backward
-pass travels the same ring, sending each text block's gradient along with
-it, so memory per device does not depend on the number of devices.
+grows with the global batch. The ring form (the SigLIP paper's chunked
+implementation) keeps the images on their device and passes the text
+embeddings from device to device (`jax.lax.ppermute` under
+`jax.shard_map`); each device adds up the loss of one
+`(local_batch, local_batch)` block at a time. The backward pass travels
+the same ring, sending each text block's gradient along with it, so the
+memory per device depends on the per-device batch only, not on the number
+of devices.
 """
 
 import functools

@@ -46,6 +46,7 @@ def siglip2_optimizer(
     beta_1: float = 0.9,
     beta_2: float = 0.95,
     global_clipnorm: float = 1.0,
+    schedule: keras.optimizers.schedules.LearningRateSchedule | None = None,
 ) -> keras.optimizers.AdamW:
     """Adam with decoupled weight decay, global-norm clipping and a
     warmup + cosine schedule, as in SigLIP 2 (big_vision conventions).
@@ -65,16 +66,21 @@ def siglip2_optimizer(
         beta_1: float.
         beta_2: float. 0.95 as in SigLIP (stability at large batch).
         global_clipnorm: float. Global gradient-norm clip (1.0).
+        schedule: optional learning-rate schedule peaking at
+            `learning_rate`, used instead of warmup + cosine over
+            `total_steps` (the recipe's stage-aware schedule).
 
     Returns:
         A `keras.optimizers.AdamW`.
     """
     if warmup_steps is None:
         warmup_steps = max(1, total_steps // 20) if total_steps > 1 else 0
-    optimizer = keras.optimizers.AdamW(
-        learning_rate=warmup_cosine_schedule(
+    if schedule is None:
+        schedule = warmup_cosine_schedule(
             learning_rate, total_steps, warmup_steps
-        ),
+        )
+    optimizer = keras.optimizers.AdamW(
+        learning_rate=schedule,
         weight_decay=weight_decay / learning_rate if learning_rate else 0.0,
         beta_1=beta_1,
         beta_2=beta_2,
