@@ -19,8 +19,8 @@ from keras_siglip2 import SigLIP2Backbone
 from keras_siglip2 import SigLIP2TextEncoder
 from keras_siglip2 import SigLIP2VisionEncoder
 from keras_siglip2 import distribution as dist_lib
+from keras_siglip2.models.locca_decoder import locca_decoder_for
 from keras_siglip2.training.stage_a import StageAModel
-from keras_siglip2.training.stage_a import locca_decoder_for
 
 NUM_DEVICES = 8
 BATCH = 16

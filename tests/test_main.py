@@ -147,7 +147,7 @@ def test_demo_architecture_table(demo):
     "args, message",
     [
         (["frobnicate"], "Unknown command 'frobnicate'; expected one of: demo"),
-        ([], "Expected one command (demo); got []"),
+        ([], "Expected one command (demo, convert, summary"),
     ],
 )
 def test_bad_command_exits_non_zero(args, message, tmp_path):

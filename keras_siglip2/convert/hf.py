@@ -1,4 +1,4 @@
-"""HF transformers `SiglipModel`/`Siglip2Model` checkpoints.
+"""HF transformers `SiglipModel`/`Siglip2Model` checkpoints, both ways.
 
 `SiglipModel` (`model_type` "siglip") is the fixed-resolution layout of
 SigLIP and SigLIP 2; `Siglip2Model` ("siglip2") is NaFlex, loaded as a
@@ -9,20 +9,28 @@ table (resized per image in NaFlex).
 A checkpoint directory is what `save_pretrained` writes: `config.json` and
 `model.safetensors` (or sharded `model-*.safetensors` with
 `model.safetensors.index.json`). Tensors are read with numpy; torch is not
-needed. Every tensor is checked (names, shapes) before any weight is
-assigned, so a bad checkpoint never leaves a half-loaded model.
+needed. Every tensor is checked (names, shapes, dtypes) before any weight
+is assigned, so a bad checkpoint never leaves a half-loaded model.
+
+One table, `hf_weight_entries`, serves both directions: each entry holds
+the transform to Keras and its inverse to HF, so `save_hf_checkpoint`
+writes exactly what `load_hf_checkpoint` reads.
 """
 
 import dataclasses
 import json
 import math
 import os
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+import keras
+import ml_dtypes
 import numpy as np
 
 from keras_siglip2.convert.safetensors_io import read_safetensors
+from keras_siglip2.convert.safetensors_io import write_safetensors
 from keras_siglip2.models.backbone import SigLIP2Backbone
 from keras_siglip2.models.text_encoder import SigLIP2TextEncoder
 from keras_siglip2.models.vision_encoder import SigLIP2VisionEncoder
@@ -33,6 +41,15 @@ _IGNORED_KEYS = (
     "vision_model.embeddings.position_ids",
 )
 _SUPPORTED_ACTIVATIONS = ("gelu_pytorch_tanh", "gelu_new", "gelu_fast")
+_FLOAT_DTYPES = (
+    np.dtype("float16"),
+    np.dtype(ml_dtypes.bfloat16),
+    np.dtype("float32"),
+    np.dtype("float64"),
+)
+# Gemma's special ids, for checkpoints with its 256k vocabulary.
+_GEMMA_VOCABULARY_SIZE = 256_000
+_GEMMA_TOKEN_IDS = dict(pad_token_id=0, eos_token_id=1, bos_token_id=2)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,11 +60,14 @@ class _Entry:
         key: HF state-dict key.
         variables: the Keras variables it maps to.
         to_keras: HF array -> tuple of arrays, one per variable.
+        to_hf: the inverse: one array per variable (positional) -> the HF
+            array.
     """
 
     key: str
     variables: tuple
     to_keras: Callable[[np.ndarray], tuple]
+    to_hf: Callable[..., np.ndarray]
 
 
 def _linear(weight):
@@ -55,8 +75,16 @@ def _linear(weight):
     return (weight.T,)
 
 
+def _linear_to_hf(kernel):
+    return kernel.T
+
+
 def _same(array):
     return (array,)
+
+
+def _same_to_hf(array):
+    return array
 
 
 def _attention_entries(prefix, attention, names):
@@ -73,11 +101,13 @@ def _attention_entries(prefix, attention, names):
                 f"{prefix}.{name}.weight",
                 (dense.kernel,),
                 lambda w: (w.T.reshape(width, heads, head_dim),),
+                lambda k: k.reshape(width, -1).T,
             ),
             _Entry(
                 f"{prefix}.{name}.bias",
                 (dense.bias,),
                 lambda b: (b.reshape(heads, head_dim),),
+                lambda b: b.reshape(-1),
             ),
         ]
     out = attention.output_dense
@@ -86,23 +116,24 @@ def _attention_entries(prefix, attention, names):
             f"{prefix}.{names[3]}.weight",
             (out.kernel,),
             lambda w: (w.T.reshape(heads, head_dim, width),),
+            lambda k: k.reshape(-1, width).T,
         ),
-        _Entry(f"{prefix}.{names[3]}.bias", (out.bias,), _same),
+        _Entry(f"{prefix}.{names[3]}.bias", (out.bias,), _same, _same_to_hf),
     ]
     return entries
 
 
 def _layer_norm_entries(prefix, layer_norm):
     return [
-        _Entry(f"{prefix}.weight", (layer_norm.gamma,), _same),
-        _Entry(f"{prefix}.bias", (layer_norm.beta,), _same),
+        _Entry(f"{prefix}.weight", (layer_norm.gamma,), _same, _same_to_hf),
+        _Entry(f"{prefix}.bias", (layer_norm.beta,), _same, _same_to_hf),
     ]
 
 
 def _dense_entries(prefix, dense):
     return [
-        _Entry(f"{prefix}.weight", (dense.kernel,), _linear),
-        _Entry(f"{prefix}.bias", (dense.bias,), _same),
+        _Entry(f"{prefix}.weight", (dense.kernel,), _linear, _linear_to_hf),
+        _Entry(f"{prefix}.bias", (dense.bias,), _same, _same_to_hf),
     ]
 
 
@@ -131,13 +162,16 @@ def _map_head_entries(prefix, head):
     width = attention.hidden_dim
     qkv = (attention.query_dense, attention.key_dense, attention.value_dense)
     return [
-        _Entry(f"{prefix}.probe", (head.probe,), _same),
+        _Entry(f"{prefix}.probe", (head.probe,), _same, _same_to_hf),
         _Entry(
             f"{prefix}.attention.in_proj_weight",
             tuple(dense.kernel for dense in qkv),
             lambda w: tuple(
                 part.T.reshape(width, heads, head_dim)
                 for part in np.split(w, 3, axis=0)
+            ),
+            lambda *kernels: np.concatenate(
+                [k.reshape(width, -1).T for k in kernels], axis=0
             ),
         ),
         _Entry(
@@ -146,16 +180,19 @@ def _map_head_entries(prefix, head):
             lambda b: tuple(
                 part.reshape(heads, head_dim) for part in np.split(b, 3)
             ),
+            lambda *biases: np.concatenate([b.reshape(-1) for b in biases]),
         ),
         _Entry(
             f"{prefix}.attention.out_proj.weight",
             (attention.output_dense.kernel,),
             lambda w: (w.T.reshape(heads, head_dim, width),),
+            lambda k: k.reshape(-1, width).T,
         ),
         _Entry(
             f"{prefix}.attention.out_proj.bias",
             (attention.output_dense.bias,),
             _same,
+            _same_to_hf,
         ),
         *_layer_norm_entries(f"{prefix}.layernorm", head.layer_norm),
         *_mlp_entries(f"{prefix}.mlp", head.mlp),
@@ -177,26 +214,35 @@ def hf_weight_entries(backbone: SigLIP2Backbone) -> list[_Entry]:
         # `nn.Linear(p * p * 3, D)` on patches flattened as (row, col, ch).
         def patch_to_keras(w):
             return (w.T.reshape(patch.kernel.shape),)
+
+        def patch_to_hf(kernel):
+            return kernel.reshape(-1, kernel.shape[-1]).T
     else:
         # `nn.Conv2d` kernel `(D, 3, p, p)`.
         def patch_to_keras(w):
             return (w.transpose(2, 3, 1, 0),)
+
+        def patch_to_hf(kernel):
+            return kernel.transpose(3, 2, 0, 1)
 
     entries = [
         _Entry(
             "vision_model.embeddings.patch_embedding.weight",
             (patch.kernel,),
             patch_to_keras,
+            patch_to_hf,
         ),
         _Entry(
             "vision_model.embeddings.patch_embedding.bias",
             (patch.bias,),
             _same,
+            _same_to_hf,
         ),
         _Entry(
             "vision_model.embeddings.position_embedding.weight",
             (vision.position_embedding.embeddings,),
             _same,
+            _same_to_hf,
         ),
     ]
     for i, block in enumerate(vision.encoder_layers):
@@ -211,11 +257,13 @@ def hf_weight_entries(backbone: SigLIP2Backbone) -> list[_Entry]:
             "text_model.embeddings.token_embedding.weight",
             (text.token_embedding.embeddings,),
             _same,
+            _same_to_hf,
         ),
         _Entry(
             "text_model.embeddings.position_embedding.weight",
             (text.position_embedding,),
             _same,
+            _same_to_hf,
         ),
     ]
     for i, block in enumerate(text.encoder_layers):
@@ -225,11 +273,20 @@ def hf_weight_entries(backbone: SigLIP2Backbone) -> list[_Entry]:
     )
     entries += _dense_entries("text_model.head", text.head)
     logits = backbone.contrastive_logits
+    # HF stores the scalars as `(1,)` parameters.
     entries += [
         _Entry(
-            "logit_scale", (logits.logit_scale,), lambda t: (t.reshape(()),)
+            "logit_scale",
+            (logits.logit_scale,),
+            lambda t: (t.reshape(()),),
+            lambda t: t.reshape(1),
         ),
-        _Entry("logit_bias", (logits.logit_bias,), lambda b: (b.reshape(()),)),
+        _Entry(
+            "logit_bias",
+            (logits.logit_bias,),
+            lambda b: (b.reshape(()),),
+            lambda b: b.reshape(1),
+        ),
     ]
     return entries
 
@@ -341,6 +398,7 @@ def assign_hf_weights(
     backbone: SigLIP2Backbone,
     tensors: dict[str, np.ndarray],
     source: str = "checkpoint",
+    progress: Callable[[int, int], None] | None = None,
 ) -> None:
     """Assigns HF checkpoint tensors to a backbone, all or nothing.
 
@@ -348,10 +406,12 @@ def assign_hf_weights(
         backbone: a backbone with the checkpoint's architecture.
         tensors: dict from HF key to array.
         source: name of the checkpoint, for error messages.
+        progress: optional `progress(done, total)` called after each
+            tensor is assigned.
 
     Raises:
-        ValueError: listing missing, unexpected or mis-shaped tensors;
-            nothing is assigned in that case.
+        ValueError: listing missing, unexpected, mis-shaped or non-float
+            tensors; nothing is assigned in that case.
     """
     entries = hf_weight_entries(backbone)
     expected = {entry.key for entry in entries}
@@ -368,6 +428,11 @@ def assign_hf_weights(
         if entry.key not in tensors:
             continue
         array = np.asarray(tensors[entry.key])
+        if array.dtype not in _FLOAT_DTYPES:
+            problems.append(
+                f"{entry.key}: dtype {array.dtype} is not a float dtype"
+            )
+            continue
         try:
             parts = entry.to_keras(array)
         except (ValueError, IndexError):
@@ -384,12 +449,18 @@ def assign_hf_weights(
         raise ValueError(
             f"{source} does not match the model: " + "; ".join(problems)
         )
-    for variables, parts in values:
+    for done, (variables, parts) in enumerate(values, start=1):
         for variable, part in zip(variables, parts):
             variable.assign(part)
+        if progress is not None:
+            progress(done, len(values))
 
 
-def load_hf_checkpoint(path: str | os.PathLike, dtype=None) -> SigLIP2Backbone:
+def load_hf_checkpoint(
+    path: str | os.PathLike,
+    dtype=None,
+    progress: Callable[[int, int], None] | None = None,
+) -> SigLIP2Backbone:
     """Loads an HF transformers `SiglipModel` or `Siglip2Model` checkpoint.
 
     Fixed-resolution SigLIP and SigLIP 2 checkpoints (`SiglipModel`) load
@@ -400,6 +471,7 @@ def load_hf_checkpoint(path: str | os.PathLike, dtype=None) -> SigLIP2Backbone:
         path: directory written by `save_pretrained` (`config.json` and
             safetensors weights).
         dtype: optional dtype policy, e.g. `"bfloat16"`.
+        progress: optional `progress(done, total)` called per tensor.
 
     Returns:
         A `SigLIP2Backbone` holding the checkpoint's weights.
@@ -413,5 +485,119 @@ def load_hf_checkpoint(path: str | os.PathLike, dtype=None) -> SigLIP2Backbone:
         raise ValueError(f"{path}: no `config.json` found.")
     config = _read_json(path / "config.json")
     backbone = backbone_from_hf_config(config, dtype=dtype)
-    assign_hf_weights(backbone, _read_tensors(path), source=str(path))
+    assign_hf_weights(
+        backbone, _read_tensors(path), source=str(path), progress=progress
+    )
     return backbone
+
+
+def hf_config(backbone: SigLIP2Backbone, dtype: str | None = None) -> dict:
+    """The HF `config.json` of a backbone.
+
+    Args:
+        backbone: a `SigLIP2Backbone`.
+        dtype: the stored weights' dtype name; defaults to the image
+            tower's variable dtype.
+
+    Returns:
+        A `SiglipConfig` dict (`model_type` "siglip") for fixed-resolution
+        backbones, a `Siglip2Config` dict ("siglip2") for NaFlex ones.
+    """
+    vision, text = backbone.vision_encoder, backbone.text_encoder
+    model_type = "siglip2" if backbone.naflex else "siglip"
+    vision_config = dict(
+        model_type=f"{model_type}_vision_model",
+        hidden_size=vision.hidden_dim,
+        intermediate_size=vision.intermediate_dim,
+        num_hidden_layers=vision.num_layers,
+        num_attention_heads=vision.num_heads,
+        num_channels=3,
+        patch_size=vision.patch_size,
+        hidden_act="gelu_pytorch_tanh",
+        layer_norm_eps=vision.layer_norm_epsilon,
+        attention_dropout=0.0,
+        vision_use_head=vision.use_head,
+    )
+    if backbone.naflex:
+        vision_config["num_patches"] = vision.grid_size**2
+    else:
+        vision_config["image_size"] = vision.image_size
+    # Token ids do not change the model's outputs; they are only known for
+    # Gemma's vocabulary, so other vocabularies leave them unset.
+    token_ids = dict.fromkeys(_GEMMA_TOKEN_IDS)
+    if text.vocabulary_size == _GEMMA_VOCABULARY_SIZE:
+        token_ids = dict(_GEMMA_TOKEN_IDS)
+    text_config = dict(
+        model_type=f"{model_type}_text_model",
+        vocab_size=text.vocabulary_size,
+        hidden_size=text.hidden_dim,
+        intermediate_size=text.intermediate_dim,
+        num_hidden_layers=text.num_layers,
+        num_attention_heads=text.num_heads,
+        max_position_embeddings=text.max_sequence_length,
+        projection_size=text.projection_dim,
+        hidden_act="gelu_pytorch_tanh",
+        layer_norm_eps=text.layer_norm_epsilon,
+        attention_dropout=0.0,
+        **token_ids,
+    )
+    return dict(
+        architectures=["Siglip2Model" if backbone.naflex else "SiglipModel"],
+        model_type=model_type,
+        dtype=dtype or backbone.vision_encoder.variable_dtype,
+        initializer_factor=1.0,
+        text_config=text_config,
+        vision_config=vision_config,
+    )
+
+
+def _write_json_atomic(path: Path, data: dict) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=2)
+            f.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def save_hf_checkpoint(
+    backbone: SigLIP2Backbone,
+    path: str | os.PathLike,
+    progress: Callable[[int, int], None] | None = None,
+) -> None:
+    """Writes a backbone as an HF transformers checkpoint directory.
+
+    `transformers.AutoModel.from_pretrained(path)` then loads it as a
+    `SiglipModel` (fixed resolution) or `Siglip2Model` (NaFlex), and
+    `load_hf_checkpoint(path)` loads it back exactly. Each file is written
+    atomically (temporary file, then rename).
+
+    Args:
+        backbone: a `SigLIP2Backbone`.
+        path: output directory, created if needed.
+        progress: optional `progress(done, total)` called per tensor.
+
+    Example:
+    ```python
+    save_hf_checkpoint(backbone, "siglip2_hf")
+    model = transformers.AutoModel.from_pretrained("siglip2_hf")
+    ```
+    """
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    entries = hf_weight_entries(backbone)
+    tensors = {}
+    for done, entry in enumerate(entries, start=1):
+        values = [keras.ops.convert_to_numpy(v) for v in entry.variables]
+        tensors[entry.key] = np.ascontiguousarray(entry.to_hf(*values))
+        if progress is not None:
+            progress(done, len(entries))
+    write_safetensors(
+        path / "model.safetensors", tensors, metadata={"format": "pt"}
+    )
+    dtypes = {array.dtype.name for array in tensors.values()}
+    dtype = dtypes.pop() if len(dtypes) == 1 else "float32"
+    _write_json_atomic(path / "config.json", hf_config(backbone, dtype))

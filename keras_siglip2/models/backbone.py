@@ -166,6 +166,32 @@ class SigLIP2Backbone(Backbone):
             **kwargs,
         )
 
+    @classmethod
+    def from_preset(cls, preset, load_weights=True, **kwargs):
+        """Loads a backbone from a preset directory, name or handle.
+
+        Accepts keras-hub's SigLIP/SigLIP 2 preset names (see
+        `keras_siglip2.models.presets.preset_names()`; downloaded by
+        keras-hub only when asked), `kaggle://`/`hf://` handles, and local
+        directories written by keras-hub's `SigLIPBackbone.save_to_preset`,
+        by our `save_to_preset`, or by HF `save_pretrained`. keras-hub
+        configs and weights are translated into our classes.
+
+        Args:
+            preset: string or path.
+            load_weights: bool. If false, random weights.
+            **kwargs: `dtype`, `progress`; see
+                `keras_siglip2.convert.keras_hub.load_preset`.
+
+        Returns:
+            A `SigLIP2Backbone`.
+        """
+        # `convert/` builds on `models/`; importing it at call time keeps
+        # the module graph acyclic.
+        from keras_siglip2.convert.keras_hub import load_preset
+
+        return load_preset(preset, load_weights=load_weights, **kwargs)
+
     def get_vision_embeddings(self, images, training=None):
         """Pooled image embeddings, before L2 normalisation.
 

@@ -251,3 +251,39 @@ class LocCaDecoder(keras.layers.Layer):
             }
         )
         return config
+
+
+def locca_decoder_for(
+    backbone,
+    vocabulary_size: int,
+    max_sequence_length: int,
+    dtype=None,
+) -> LocCaDecoder:
+    """A LocCa decoder sized as in SigLIP 2 for `backbone`.
+
+    Same width, heads and MLP as the text encoder, half its depth
+    (at least 1).
+
+    Args:
+        backbone: the `SigLIP2Backbone` it will decode from (its text
+            encoder sets the size, its image tower the memory width).
+        vocabulary_size: int. Decoder vocabulary
+            (`keras_siglip2.data.locca.LocCaVocabulary.size`).
+        max_sequence_length: int. Decoder length.
+        dtype: optional dtype policy.
+
+    Returns:
+        A `LocCaDecoder`.
+    """
+    text = backbone.text_encoder
+    return LocCaDecoder(
+        vocabulary_size=vocabulary_size,
+        hidden_dim=text.hidden_dim,
+        num_layers=max(1, text.num_layers // 2),
+        num_heads=text.num_heads,
+        intermediate_dim=text.intermediate_dim,
+        max_sequence_length=max_sequence_length,
+        image_dim=backbone.vision_encoder.hidden_dim,
+        layer_norm_epsilon=text.layer_norm_epsilon,
+        dtype=dtype,
+    )

@@ -33,12 +33,12 @@ from keras_siglip2.data.locca import LocCaVocabulary
 from keras_siglip2.data.pipeline import training_batches
 from keras_siglip2.models.backbone import SigLIP2Backbone
 from keras_siglip2.models.image_converter import SigLIP2ImageConverter
+from keras_siglip2.models.locca_decoder import locca_decoder_for
 from keras_siglip2.models.resolution import with_image_size
 from keras_siglip2.models.resolution import with_patch_size
 from keras_siglip2.training import checkpoint as ckpt
 from keras_siglip2.training.optimizer import siglip2_optimizer
 from keras_siglip2.training.stage_a import StageAModel
-from keras_siglip2.training.stage_a import locca_decoder_for
 
 NAFLEX_SEQUENCE_LENGTHS = (128, 256, 576, 784, 1024)
 

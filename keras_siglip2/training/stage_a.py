@@ -120,38 +120,3 @@ class StageAModel(keras.Model):
         config["backbone"] = keras.layers.deserialize(config["backbone"])
         config["decoder"] = keras.layers.deserialize(config["decoder"])
         return cls(**config)
-
-
-def locca_decoder_for(
-    backbone: SigLIP2Backbone,
-    vocabulary_size: int,
-    max_sequence_length: int,
-    dtype=None,
-) -> LocCaDecoder:
-    """A LocCa decoder sized as in SigLIP 2 for `backbone`.
-
-    Same width, heads and MLP as the text encoder, half its depth
-    (at least 1).
-
-    Args:
-        backbone: the `SigLIP2Backbone` it will decode from.
-        vocabulary_size: int. Decoder vocabulary
-            (`keras_siglip2.data.locca.LocCaVocabulary.size`).
-        max_sequence_length: int. Decoder length.
-        dtype: optional dtype policy.
-
-    Returns:
-        A `LocCaDecoder`.
-    """
-    text = backbone.text_encoder
-    return LocCaDecoder(
-        vocabulary_size=vocabulary_size,
-        hidden_dim=text.hidden_dim,
-        num_layers=max(1, text.num_layers // 2),
-        num_heads=text.num_heads,
-        intermediate_dim=text.intermediate_dim,
-        max_sequence_length=max_sequence_length,
-        image_dim=backbone.vision_encoder.hidden_dim,
-        layer_norm_epsilon=text.layer_norm_epsilon,
-        dtype=dtype,
-    )

@@ -14,11 +14,11 @@ import tensorflow as tf
 from keras_siglip2.data.locca import LocCaVocabulary
 from keras_siglip2.data.locca import random_locca_sequence
 from keras_siglip2.models.backbone import SigLIP2Backbone
+from keras_siglip2.models.locca_decoder import locca_decoder_for
 from keras_siglip2.models.text_encoder import SigLIP2TextEncoder
 from keras_siglip2.models.vision_encoder import SigLIP2VisionEncoder
 from keras_siglip2.training.optimizer import siglip2_optimizer
 from keras_siglip2.training.stage_a import StageAModel
-from keras_siglip2.training.stage_a import locca_decoder_for
 
 VOCAB = LocCaVocabulary(text_vocabulary_size=40, num_location_bins=16)
 DECODER_LENGTH = 12
