@@ -1,8 +1,12 @@
 """Command line: `python -m keras_siglip2 {demo,convert,summary,eval}`.
 
-- `demo [--output_dir DIR]` builds a tiny random-init `SigLIP2Backbone`,
-  runs it, trains it for a few steps with the sigmoid loss, saves and
-  reloads it, then prints the parameter counts of the real SigLIP 2 sizes.
+- `demo [--output_dir DIR] [--steps N] [--batch_size B]` trains a
+  SentencePiece vocabulary and a tiny `SigLIP2Backbone` on the generated
+  dataset through the recipe's stages (A: sigmoid + LocCa, B, C with a
+  resolution change) with resumable checkpoints in `DIR/checkpoints`,
+  evaluates it (zero-shot, retrieval, dense probe) into
+  `DIR/results.json`, saves and reloads it, then prints the parameter
+  counts of the real SigLIP 2 sizes.
 - `convert --from {hf,big_vision,keras_hub,keras} --to
   {keras,hf,keras_hub,big_vision} SRC DST` converts a checkpoint, with a
   progress bar over its tensors. `keras` is a `.keras` file (when the path
@@ -43,6 +47,7 @@ from keras_siglip2.convert.keras_hub import save_keras_hub_preset
 from keras_siglip2.data.generated import CLASS_NAMES as GENERATED_CLASS_NAMES
 from keras_siglip2.data.generated import LANGUAGES as GENERATED_LANGUAGES
 from keras_siglip2.data.generated import GeneratedConfig
+from keras_siglip2.data.generated import generated_dataset
 from keras_siglip2.data.generated import generated_examples
 from keras_siglip2.data.generated import zero_shot_class_names
 from keras_siglip2.data.readers import SkipCounter
@@ -59,6 +64,8 @@ from keras_siglip2.models.presets import get_preset
 from keras_siglip2.models.text_encoder import SigLIP2TextEncoder
 from keras_siglip2.models.tokenizer import SigLIP2Tokenizer
 from keras_siglip2.models.vision_encoder import SigLIP2VisionEncoder
+from keras_siglip2.training.recipe import RecipeConfig
+from keras_siglip2.training.recipe import SigLIP2Recipe
 from keras_siglip2.training.stage_a import StageAModel
 
 _OUTPUT_DIR = flags.DEFINE_string(
@@ -66,13 +73,13 @@ _OUTPUT_DIR = flags.DEFINE_string(
 )
 _STEPS = flags.DEFINE_integer(
     "steps",
-    3,
-    "Training steps of `demo` (one batch per step).",
-    lower_bound=1,
+    48,
+    "Training steps of the `demo` recipe (stages A-C).",
+    lower_bound=8,
 )
 _BATCH_SIZE = flags.DEFINE_integer(
     "batch_size",
-    8,
+    16,
     "Image-text pairs per training batch of `demo`.",
     lower_bound=1,
 )
@@ -118,21 +125,6 @@ TABLE_CONFIGS = (
 )
 
 
-def _random_batch(rng: np.random.Generator, num_images: int, num_texts: int):
-    """Random images in [-1, 1] and random token ids for the tiny model."""
-    size = TINY_VISION["image_size"]
-    images = rng.uniform(-1.0, 1.0, (num_images, size, size, 3))
-    token_ids = rng.integers(
-        0,
-        TINY_TEXT["vocabulary_size"],
-        (num_texts, TINY_TEXT["max_sequence_length"]),
-    )
-    return {
-        "images": images.astype("float32"),
-        "token_ids": token_ids.astype("int32"),
-    }
-
-
 def _count(layer: keras.layers.Layer) -> int:
     return sum(math.prod(v.shape) for v in layer.weights)
 
@@ -170,14 +162,24 @@ def _print_header(title: str) -> None:
     print(f"\n== {title} ==", flush=True)
 
 
-def _tiny_model_demo(output_dir: pathlib.Path) -> None:
-    rng = np.random.default_rng(_SEED.value)
+def _recipe_demo(output_dir: pathlib.Path) -> None:
     keras.utils.set_random_seed(_SEED.value)
+    _print_header("Data and tokenizer")
+    proto = train_demo_sentencepiece(vocab_size=TINY_TEXT["vocabulary_size"])
+    tokenizer = SigLIP2Tokenizer(
+        proto=proto, sequence_length=TINY_TEXT["max_sequence_length"]
+    )
+    print(
+        f"generated grounded multilingual dataset; SentencePiece vocabulary "
+        f"of {tokenizer.vocabulary_size()} pieces trained on its captions"
+    )
     backbone = SigLIP2Backbone(
         SigLIP2VisionEncoder(**TINY_VISION),
-        SigLIP2TextEncoder(**TINY_TEXT),
+        SigLIP2TextEncoder(
+            **{**TINY_TEXT, "vocabulary_size": tokenizer.vocabulary_size()}
+        ),
     )
-    _print_header("Tiny random-init SigLIP2Backbone")
+    _print_header("Tiny SigLIP2Backbone")
     print(
         "image tower: {image_size} px, patch {patch_size}, width "
         "{hidden_dim}, {num_layers} layers, {num_heads} heads".format(
@@ -189,13 +191,24 @@ def _tiny_model_demo(output_dir: pathlib.Path) -> None:
         "tokens, width {hidden_dim}, {num_layers} layers, {num_heads} "
         "heads".format(**TINY_TEXT)
     )
-    inputs = _random_batch(rng, num_images=4, num_texts=6)
-    image_embeddings = backbone.get_vision_embeddings(inputs["images"])
-    text_embeddings = backbone.get_text_embeddings(inputs["token_ids"])
-    logits = backbone(inputs)
-    print(f"image embeddings: {tuple(image_embeddings.shape)}")
-    print(f"text embeddings: {tuple(text_embeddings.shape)}")
-    print(f"logits (images x texts): {tuple(logits.shape)}")
+    examples = list(
+        generated_examples(
+            "test", seed=_SEED.value, num_examples=6, image_size=32
+        )
+    )
+    images = np.stack([e["image"] for e in examples]).astype("float32")
+    images = images / 127.5 - 1.0
+    token_ids = np.asarray(tokenizer([e["captions"][0] for e in examples]))
+    inputs = {"images": images[:4], "token_ids": token_ids}
+    print(
+        "image embeddings: "
+        f"{tuple(backbone.get_vision_embeddings(inputs['images']).shape)}"
+    )
+    print(
+        "text embeddings: "
+        f"{tuple(backbone.get_text_embeddings(token_ids).shape)}"
+    )
+    print(f"logits (images x texts): {tuple(backbone(inputs).shape)}")
     print(
         f"parameters: image tower {backbone.vision_encoder.count_params():,}"
         f", text tower {backbone.text_encoder.count_params():,}"
@@ -203,31 +216,76 @@ def _tiny_model_demo(output_dir: pathlib.Path) -> None:
     )
 
     batch_size = _BATCH_SIZE.value
+    config = RecipeConfig(
+        total_examples=_STEPS.value * batch_size,
+        batch_size=batch_size,
+        checkpoint_every=max(1, _STEPS.value // 8),
+        image_size=TINY_VISION["image_size"],
+        stage_c_image_size=TINY_VISION["image_size"] + 16,
+        decoder_length=24,
+        num_location_bins=64,
+        seed=_SEED.value,
+    )
+    recipe = SigLIP2Recipe(
+        config,
+        backbone,
+        tokenizer,
+        lambda start: generated_dataset(
+            "train", seed=_SEED.value, start=start, side_range=(24, 64)
+        ),
+    )
     _print_header(
-        f"fit: sigmoid loss, Adam(1e-3), {_STEPS.value} steps of "
-        f"{batch_size} random pairs"
+        f"Recipe: {_STEPS.value} steps of {batch_size} examples, stages "
+        + ", ".join(
+            f"{s.name} [{s.start_step}, {s.end_step})" for s in recipe.plan
+        )
     )
-    train = _random_batch(rng, batch_size, batch_size)
-    backbone.compile(optimizer=keras.optimizers.Adam(1e-3))
+    output_dir.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    # One batch per epoch, so each epoch's loss is that step's loss.
-    history = backbone.fit(
-        train, batch_size=batch_size, epochs=_STEPS.value, verbose=0
-    )
-    for step, loss in enumerate(history.history["loss"], start=1):
-        print(f"step {step}: loss {loss:.6f}")
-    print(f"fit time: {time.perf_counter() - start:.1f} s")
+    result = recipe.fit(output_dir / "checkpoints", verbose=1)
+    print(f"recipe time: {time.perf_counter() - start:.1f} s")
+    for stage, history in result["histories"].items():
+        for name, values in history.items():
+            print(
+                f"stage {stage} {name}: first {values[0]:.4f} "
+                f"last {values[-1]:.4f}"
+            )
+    backbone = result["backbone"]
+
+    _print_header("Evaluation on held-out generated data")
+    image_size = backbone.vision_encoder.image_size
+    encoder = eval_lib.BackboneEncoder(backbone, tokenizer, batch_size=32)
+    test = _generated("test", 64, image_size, num_captions=3)
+    single = _generated("test", 64, image_size, num_objects=(1, 1))
+    train = _generated("train", 64, image_size)
+    results = {
+        "zero_shot": eval_lib.evaluate_zero_shot(
+            encoder, single, zero_shot_class_names("en")
+        ),
+        "retrieval": eval_lib.evaluate_retrieval(encoder, test),
+        "dense_probe": eval_lib.evaluate_dense_probe(
+            encoder,
+            train,
+            test,
+            class_names=GENERATED_CLASS_NAMES,
+            epochs=10,
+        ),
+    }
+    print(eval_lib.format_table(results, title="demo metrics"))
+    eval_lib.write_json(results, output_dir / "results.json")
+    print(f"wrote {output_dir / 'results.json'}")
 
     _print_header("save and reload")
-    output_dir.mkdir(parents=True, exist_ok=True)
     path = output_dir / "backbone.keras"
     backbone.save(path)
     print(f"saved {path} ({path.stat().st_size / 1e6:.2f} MB)")
     reloaded = keras.saving.load_model(path)
+    images = np.zeros((2, image_size, image_size, 3), "float32")
+    check = {"images": images, "token_ids": token_ids[:2]}
     difference = np.max(
         np.abs(
-            keras.ops.convert_to_numpy(backbone(inputs))
-            - keras.ops.convert_to_numpy(reloaded(inputs))
+            keras.ops.convert_to_numpy(backbone(check))
+            - keras.ops.convert_to_numpy(reloaded(check))
         )
     )
     print(f"max abs difference of logits after reload: {difference:.3g}")
@@ -252,7 +310,7 @@ def demo() -> None:
         f"keras-siglip2 demo (Keras {keras.__version__}, backend "
         f"{keras.backend.backend()})"
     )
-    _tiny_model_demo(pathlib.Path(_OUTPUT_DIR.value))
+    _recipe_demo(pathlib.Path(_OUTPUT_DIR.value))
     _architecture_table()
     print(f"\ndone in {time.perf_counter() - start:.1f} s")
 

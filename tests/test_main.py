@@ -1,5 +1,6 @@
 """The command line: `python -m keras_siglip2 demo`."""
 
+import json
 import math
 import os
 import re
@@ -79,7 +80,12 @@ def demo(tmp_path_factory):
     output_dir = tmp_path / "out"
     env = {k: v for k, v in os.environ.items() if k != "KERAS_BACKEND"}
     env["TF_CPP_MIN_LOG_LEVEL"] = "2"
-    completed = _run(["demo", "--output_dir", str(output_dir)], env, tmp_path)
+    completed = _run(
+        ["demo", "--output_dir", str(output_dir), "--steps", "16"],
+        env,
+        tmp_path,
+        timeout=600,
+    )
     assert completed.returncode == 0, completed.stderr[-4000:]
     return completed.stdout, output_dir
 
@@ -102,15 +108,28 @@ def test_demo_prints_shapes_and_tiny_param_counts(demo):
     ) in stdout
 
 
-def test_demo_trains_with_finite_decreasing_loss(demo):
-    stdout, _ = demo
-    losses = [
-        float(value)
-        for value in re.findall(r"^step \d+: loss (\S+)$", stdout, re.M)
-    ]
-    assert len(losses) == 3
-    assert all(math.isfinite(loss) for loss in losses)
-    assert losses[-1] < losses[0]
+def test_demo_runs_the_recipe_with_finite_decreasing_loss(demo):
+    stdout, output_dir = demo
+    assert "stages A [0, 12), B [12, 14), C [14, 16)" in stdout
+    match = re.search(r"^stage A loss: first (\S+) last (\S+)$", stdout, re.M)
+    assert match is not None
+    first, last = float(match.group(1)), float(match.group(2))
+    assert math.isfinite(first) and math.isfinite(last) and last < first
+    for stage in "ABC":
+        assert re.search(rf"^stage {stage} decoder_loss: ", stdout, re.M)
+    assert (output_dir / "checkpoints" / "LATEST").read_text() == (
+        "step_000000016"
+    )
+
+
+def test_demo_writes_real_metrics(demo):
+    _, output_dir = demo
+    results = json.loads((output_dir / "results.json").read_text())
+    results = results.get("results", results)
+    assert 0.0 <= results["zero_shot"]["top1"] <= 1.0
+    assert results["zero_shot"]["num_classes"] == 80
+    assert 0.0 <= results["retrieval"]["image_to_text/R@10"] <= 1.0
+    assert 0.0 <= results["dense_probe"]["mIoU"] <= 1.0
 
 
 def test_demo_saves_and_reloads(demo):
