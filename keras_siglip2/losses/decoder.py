@@ -2,9 +2,10 @@
 
 With a 256k vocabulary, `(batch, length, vocabulary)` logits dominate
 memory (batch 32k x 64 tokens would need 2 PB in fp32). The chunked form
-projects `chunk_size` tokens at a time and rematerialises each chunk in the
-backward pass, so at most one `(chunk_size, vocabulary)` block of logits is
-alive. It is mathematically the plain loss.
+projects `chunk_size` tokens at a time in a scan and rematerialises each
+chunk in the backward pass, so at most one `(chunk_size, vocabulary)` block
+of logits (and one head-gradient accumulator) is alive. It is
+mathematically the plain loss.
 """
 
 import keras
@@ -80,11 +81,21 @@ def decoder_loss(
         losses = _token_losses(hidden, kernel, bias, targets)
         return ops.sum(losses * weights)
 
+    # A scan (not an unrolled loop) so the backward pass accumulates the
+    # head's gradient in one buffer; remat recomputes each chunk's logits.
     chunk_loss = keras.remat(chunk_loss)
-    total = 0.0
-    for start in range(0, num_tokens + padding, chunk_size):
-        stop = start + chunk_size
-        total = total + chunk_loss(
-            hidden[start:stop], targets[start:stop], weights[start:stop]
-        )
+    num_chunks = (num_tokens + padding) // chunk_size
+
+    def step(total, chunk):
+        return total + chunk_loss(*chunk), None
+
+    total, _ = ops.scan(
+        step,
+        ops.zeros((), "float32"),
+        (
+            ops.reshape(hidden, (num_chunks, chunk_size, dim)),
+            ops.reshape(targets, (num_chunks, chunk_size)),
+            ops.reshape(weights, (num_chunks, chunk_size)),
+        ),
+    )
     return total / total_weight
