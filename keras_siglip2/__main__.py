@@ -224,6 +224,12 @@ def _recipe_demo(output_dir: pathlib.Path) -> None:
         stage_c_image_size=TINY_VISION["image_size"] + 16,
         decoder_length=24,
         num_location_bins=64,
+        num_local_crops=4,
+        local_crop_size=16,
+        head_hidden_dim=128,
+        head_bottleneck_dim=32,
+        num_prototypes=256,
+        num_patch_prototypes=128,
         seed=_SEED.value,
     )
     recipe = SigLIP2Recipe(

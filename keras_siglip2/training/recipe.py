@@ -4,10 +4,11 @@
 by fraction of the total examples, as in the paper:
 
 - Stage A (from 0): sigmoid image-text loss + LocCa decoder;
-- Stage B (from 80%): + self-distillation and masked prediction with an
-  EMA teacher (when `keras_siglip2.training.stage_b` is available);
+- Stage B (from 80%): + local-to-global self-distillation and masked
+  prediction with an EMA teacher (copied from the student at the switch);
 - Stage C: fixed-resolution runs switch resolution (and optionally patch
-  size) at 95% and continue with all losses; NaFlex runs switch at 90% to
+  size) at 95% and continue with the Stage A losses (the paper keeps the
+  self-distillation losses too; not yet here); NaFlex runs switch at 90% to
   NaFlex inputs, one sequence length per batch, with the remaining
   schedule stretched x3.75 and without self-distillation;
 - Stage D (optional): ACID distillation from a teacher backbone, at
@@ -29,6 +30,7 @@ from collections.abc import Callable
 import keras
 import numpy as np
 
+from keras_siglip2.data.augment import add_self_distillation_views
 from keras_siglip2.data.locca import LocCaVocabulary
 from keras_siglip2.data.pipeline import training_batches
 from keras_siglip2.models.backbone import SigLIP2Backbone
@@ -39,6 +41,8 @@ from keras_siglip2.models.resolution import with_patch_size
 from keras_siglip2.training import checkpoint as ckpt
 from keras_siglip2.training.optimizer import siglip2_optimizer
 from keras_siglip2.training.stage_a import StageAModel
+from keras_siglip2.training.stage_b import StageBModel
+from keras_siglip2.training.stage_b import self_distillation_weights
 
 NAFLEX_SEQUENCE_LENGTHS = (128, 256, 576, 784, 1024)
 
@@ -74,8 +78,17 @@ class RecipeConfig:
             Stage C (3.75).
         distillation_examples: examples of Stage D (0: no Stage D).
         distillation_learning_rate: Stage D learning rate (1e-5).
-        filter_ratio: fraction of each super-batch kept in Stage D.
+        filter_ratio: fraction of each super-batch discarded in Stage D
+            (ACID's filtering ratio: 0.5 for B/16, 0.75 for B/32 with a
+            4x super-batch).
         super_batch_factor: super-batch size over batch size in Stage D.
+        size: model size, for the self-distillation loss weights
+            (`self_distillation_weights`).
+        ema_momentum: EMA teacher momentum in Stage B.
+        num_local_crops: local crops per image in Stage B (8).
+        local_crop_size: side of the local crops (None: half the image).
+        head_hidden_dim, head_bottleneck_dim, num_prototypes,
+            num_patch_prototypes: Stage B projection heads (DINO/iBOT).
         checkpoint_every: steps between checkpoints (and stage boundaries
             are rounded to multiples of it).
         seed: seeds data choices and new parameters.
@@ -105,6 +118,14 @@ class RecipeConfig:
     distillation_learning_rate: float = 1e-5
     filter_ratio: float = 0.5
     super_batch_factor: int = 2
+    size: str = "base"
+    ema_momentum: float = 0.996
+    num_local_crops: int = 8
+    local_crop_size: int | None = None
+    head_hidden_dim: int = 2048
+    head_bottleneck_dim: int = 256
+    num_prototypes: int = 65536
+    num_patch_prototypes: int = 8192
     checkpoint_every: int = 100
     seed: int = 0
 
@@ -270,6 +291,26 @@ class SigLIP2Recipe:
             backbone, self.vocabulary.size, config.decoder_length
         )
         self.plan = stage_plan(config)
+        b_stage = [s for s in self.plan if s.name == "B"]
+        global_weight, masked_weight = self_distillation_weights(config.size)
+        self.stage_b_model = (
+            StageBModel(
+                backbone,
+                self.decoder,
+                decoder_loss_weight=config.decoder_loss_weight,
+                local_to_global_weight=global_weight,
+                masked_prediction_weight=masked_weight,
+                ema_momentum=config.ema_momentum,
+                head_hidden_dim=config.head_hidden_dim,
+                head_bottleneck_dim=config.head_bottleneck_dim,
+                num_prototypes=config.num_prototypes,
+                num_patch_prototypes=config.num_patch_prototypes,
+                distillation_start_step=b_stage[0].start_step,
+                seed=config.seed,
+            )
+            if b_stage
+            else None
+        )
 
     # --- Planning -----------------------------------------------------
 
@@ -344,6 +385,8 @@ class SigLIP2Recipe:
         return with_image_size(backbone, c.stage_c_image_size)
 
     def _model(self, stage: StagePlan, backbone: SigLIP2Backbone):
+        if stage.name == "B":
+            return self.stage_b_model
         if stage.name == "D":
             from keras_siglip2.training.stage_d import StageDModel
 
@@ -386,6 +429,16 @@ class SigLIP2Recipe:
         data = training_batches(
             self.examples(position), **common, **image_kwargs
         )
+        if stage.name == "B":
+            size = backbone.vision_encoder.image_size
+            data = add_self_distillation_views(
+                data,
+                global_size=size,
+                local_size=c.local_crop_size or max(size // 2, 1),
+                num_local_crops=c.num_local_crops,
+                seed=c.seed,
+                start_index=step,
+            )
         return data.prefetch(2)
 
     # --- Running --------------------------------------------------------

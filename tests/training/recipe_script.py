@@ -53,6 +53,12 @@ def main(checkpoint_dir, output, naflex):
         naflex=naflex,
         naflex_sequence_lengths=(8, 16),
         stage_c_image_size=None if naflex else 20,
+        num_local_crops=2,
+        local_crop_size=8,
+        head_hidden_dim=16,
+        head_bottleneck_dim=8,
+        num_prototypes=32,
+        num_patch_prototypes=16,
     )
     recipe = SigLIP2Recipe(
         config,

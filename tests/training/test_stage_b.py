@@ -1,0 +1,264 @@
+"""Stage B: EMA teacher, self-distillation losses and masking, on every
+backend."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from keras_siglip2.data.augment import add_self_distillation_views
+from keras_siglip2.training.optimizer import siglip2_optimizer
+from keras_siglip2.training.stage_b import StageBModel
+from keras_siglip2.training.stage_b import apply_mask_token
+from keras_siglip2.training.stage_b import random_patch_mask
+from keras_siglip2.training.stage_b import self_distillation_weights
+from training.test_stage_a import _dataset
+from training.test_stage_a import _stage_a
+
+MOMENTUM = 0.5
+START_STEP = 1
+
+
+def _stage_b(**kwargs):
+    stage_a = _stage_a()
+    kwargs = {
+        "ema_momentum": MOMENTUM,
+        "distillation_start_step": START_STEP,
+        **kwargs,
+    }
+    return StageBModel(
+        stage_a.backbone,
+        stage_a.decoder,
+        head_hidden_dim=16,
+        head_bottleneck_dim=8,
+        num_prototypes=32,
+        num_patch_prototypes=24,
+        seed=1,
+        **kwargs,
+    )
+
+
+def _dataset_b(n=16):
+    return add_self_distillation_views(_dataset(n=n), 16, 8, seed=3)
+
+
+def _weights(model):
+    """Student and teacher weights (image tower and heads) as numpy."""
+    return [
+        [np.array(w) for w in layer.weights]
+        for layer in (
+            model.backbone.vision_encoder,
+            model.global_head,
+            model.patch_head,
+            model.teacher_encoder,
+            model.teacher_global_head,
+            model.teacher_patch_head,
+        )
+    ]
+
+
+def _split(weights):
+    student = sum(weights[:3], [])
+    teacher = sum(weights[3:], [])
+    return student, teacher
+
+
+def _run(model):
+    """Three one-batch `fit` calls (the teacher switches in at the second)
+    then one epoch of two batches; returns what the tests check, as plain
+    data. Every call reuses one compiled train step."""
+    model.compile(optimizer=siglip2_optimizer(total_steps=8, warmup_steps=0))
+    data = _dataset_b()
+    snapshots = [_weights(model)]
+    flags, logs = [int(model.teacher_initialized.numpy())], []
+    for batch in (data.take(1), data.skip(1), data.take(1)):
+        history = model.fit(batch, verbose=0).history
+        logs.append({k: v[-1] for k, v in history.items()})
+        snapshots.append(_weights(model))
+        flags.append(int(model.teacher_initialized.numpy()))
+    students, teachers = zip(*[_split(s) for s in snapshots])
+
+    def max_error(expected, got):
+        return max(float(np.abs(e - g).max()) for e, g in zip(expected, got))
+
+    m = MOMENTUM
+    history = model.fit(data, verbose=0).history
+    student, teacher = _split(_weights(model))
+    return {
+        "backend": keras.backend.backend(),
+        "flags": flags,
+        "logs": [{k: float(v) for k, v in log.items()} for log in logs],
+        "history": {k: float(v[-1]) for k, v in history.items()},
+        # Before the switch the teacher keeps its construction copy.
+        "before_switch_error": max_error(teachers[0], teachers[1]),
+        # At the switch it copies the student, then takes an EMA step.
+        "switch_error": max_error(
+            [m * a + (1 - m) * b for a, b in zip(students[1], students[2])],
+            teachers[2],
+        ),
+        "ema_error": max_error(
+            [m * a + (1 - m) * b for a, b in zip(teachers[2], students[3])],
+            teachers[3],
+        ),
+        "student_moved": max_error(students[1], students[3]),
+        "teacher_lag": max_error(student, teacher),
+        "mask_token_norm": float(np.linalg.norm(np.array(model.mask_token))),
+        "teacher_trainable": [
+            v.path
+            for v in model.trainable_variables
+            if v.path.startswith("teacher")
+        ],
+    }
+
+
+def _check_run(report):
+    assert report["flags"] == [0, 0, 1, 1]
+    assert report["before_switch_error"] == 0.0
+    assert report["student_moved"] > 1e-4
+    # teacher = m * teacher + (1 - m) * student after each step, and
+    # nothing else (no gradient) moves it.
+    assert report["switch_error"] < 1e-6
+    assert report["ema_error"] < 1e-6
+    assert report["teacher_trainable"] == []
+    # The EMA teacher lags behind the student.
+    assert report["teacher_lag"] > 1e-4
+    assert report["mask_token_norm"] > 0.0
+    weights = self_distillation_weights("So400m")
+    for log, active in zip(report["logs"], (0, 1, 1)):
+        expected = log["sigmoid_loss"] + log["decoder_loss"]
+        expected += active * (
+            weights[0] * log["local_to_global_loss"]
+            + weights[1] * log["masked_prediction_loss"]
+        )
+        np.testing.assert_allclose(log["loss"], expected, rtol=1e-5)
+    history = report["history"]
+    assert set(history) >= {
+        "loss",
+        "sigmoid_loss",
+        "decoder_loss",
+        "local_to_global_loss",
+        "masked_prediction_loss",
+    }
+    assert all(np.isfinite(v) for v in history.values())
+
+
+@pytest.fixture(scope="module")
+def jax_run():
+    return _run(_stage_b())
+
+
+def test_stage_b_switch_ema_and_fit_on_jax(jax_run):
+    assert jax_run["backend"] == "jax"
+    _check_run(jax_run)
+
+
+def test_size_weights():
+    assert self_distillation_weights("B") == (0.25, 0.0625)
+    assert self_distillation_weights("l") == (0.5, 0.125)
+    assert self_distillation_weights("So400m") == (1.0, 0.25)
+    assert self_distillation_weights("giant") == (0.5, 0.125)
+    with pytest.raises(ValueError, match="Unknown model size"):
+        self_distillation_weights("xl")
+
+
+def test_masking_replaces_exactly_half_the_patches_by_the_mask_token():
+    seed = keras.random.SeedGenerator(0)
+    tokens = np.random.default_rng(0).normal(size=(6, 16, 4)).astype("f")
+    token = np.arange(4, dtype="float32") + 10.0
+    masks = [np.asarray(random_patch_mask(6, 16, 0.5, seed)) for _ in "ab"]
+    np.testing.assert_array_equal(masks[0].sum(-1), 8)
+    assert not np.array_equal(masks[0], masks[1])
+    masked = np.asarray(apply_mask_token(tokens, masks[0], token))
+    np.testing.assert_array_equal(masked[masks[0]], np.tile(token, (48, 1)))
+    np.testing.assert_array_equal(masked[~masks[0]], tokens[~masks[0]])
+
+
+def test_initialize_teacher_copies_the_student():
+    model = _stage_b()
+    table = model.backbone.vision_encoder.position_embedding.embeddings
+    table.assign(table + 0.5)
+    model.initialize_teacher()
+    assert int(model.teacher_initialized.numpy()) == 1
+    student = {
+        v.path: np.asarray(v)
+        for layer in (
+            model.backbone.vision_encoder,
+            model.global_head,
+            model.patch_head,
+        )
+        for v in layer.weights
+    }
+    teacher = [
+        v
+        for layer in (
+            model.teacher_encoder,
+            model.teacher_global_head,
+            model.teacher_patch_head,
+        )
+        for v in layer.weights
+    ]
+    assert len(teacher) == len(student)
+    for variable in teacher:
+        # Same place in the same architecture: "teacher_x/..." <- "x/...".
+        source = variable.path[len("teacher_") :]
+        np.testing.assert_array_equal(np.asarray(variable), student[source])
+
+
+def test_bad_crops_and_config():
+    model = _stage_b()
+    batch = dict(next(iter(_dataset_b(n=2))))
+    batch["local_crops"] = tf.zeros((2, 8, 6, 6, 3))
+    with pytest.raises(ValueError, match="whole number"):
+        model(batch)
+    with pytest.raises(ValueError, match="mask_ratio"):
+        _stage_b(mask_ratio=1.5)
+
+
+def test_save_and_load_keep_teacher_centres_and_switch(tmp_path):
+    model = _stage_b()
+    teacher_kernel = model.teacher_encoder.patch_embedding.kernel
+    teacher_kernel.assign(teacher_kernel + 1.0)
+    model.global_center.assign(np.linspace(0, 1, 32))
+    model.initialize_teacher()
+    model.save(tmp_path / "stage_b.keras")
+    restored = keras.models.load_model(tmp_path / "stage_b.keras")
+    assert isinstance(restored, StageBModel)
+    config, restored_config = model.get_config(), restored.get_config()
+    for key in ("num_prototypes", "ema_momentum", "distillation_start_step"):
+        assert restored_config[key] == config[key]
+    assert [w.path for w in restored.weights] == [w.path for w in model.weights]
+    for saved, loaded in zip(model.weights, restored.weights):
+        np.testing.assert_array_equal(np.asarray(saved), np.asarray(loaded))
+
+
+_BACKEND_SCRIPT = textwrap.dedent(
+    """
+    import json, sys
+    sys.path.insert(0, {tests!r})
+    from training.test_stage_b import _run, _stage_b
+    print("RESULT " + json.dumps(_run(_stage_b())))
+    """
+)
+
+
+@pytest.mark.parametrize("backend", ["tensorflow", "torch"])
+def test_stage_b_switch_ema_and_fit_on_other_backends(backend):
+    tests_dir = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    result = subprocess.run(
+        [sys.executable, "-c", _BACKEND_SCRIPT.format(tests=tests_dir)],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, KERAS_BACKEND=backend),
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    line = [x for x in result.stdout.splitlines() if x.startswith("RESULT ")]
+    report = json.loads(line[-1][len("RESULT ") :])
+    assert report["backend"] == backend
+    _check_run(report)
