@@ -32,6 +32,7 @@ import keras
 import ml_dtypes
 import numpy as np
 
+from keras_siglip2.convert.checked_assign import assign_checked
 from keras_siglip2.models.backbone import SigLIP2Backbone
 from keras_siglip2.models.text_encoder import SigLIP2TextEncoder
 from keras_siglip2.models.vision_encoder import SigLIP2VisionEncoder
@@ -42,12 +43,6 @@ _TEXT_BLOCKS = "txt/Encoder_0"
 # Old text checkpoints added a second position table inside the encoder;
 # big_vision's `text_transformer.load` sums it into the first.
 _LEGACY_TEXT_POSEMB = "txt/Encoder_0/pos_embedding"
-_FLOAT_DTYPES = (
-    np.dtype("float16"),
-    np.dtype(ml_dtypes.bfloat16),
-    np.dtype("float32"),
-    np.dtype("float64"),
-)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -426,45 +421,20 @@ def assign_big_vision_params(
         ValueError: listing missing, unexpected, mis-shaped or non-float
             arrays; nothing is assigned in that case.
     """
-    entries = big_vision_weight_entries(backbone)
-    expected = {entry.key for entry in entries}
-    problems = []
-    missing = sorted(expected - set(params))
-    unexpected = sorted(set(params) - expected)
-    if missing:
-        problems.append(f"missing arrays: {missing}")
-    if unexpected:
-        problems.append(f"unexpected arrays: {unexpected}")
-    values = []
-    for entry in entries:
-        if entry.key not in params:
-            continue
-        array = np.asarray(params[entry.key])
-        wanted = tuple(entry.variable.shape)
-        if array.dtype not in _FLOAT_DTYPES:
-            problems.append(
-                f"{entry.key}: dtype {array.dtype} is not a float dtype"
-            )
-            continue
-        try:
-            value = entry.to_keras(array)
-        except ValueError:
-            value = None
-        if value is None or value.shape != wanted:
-            problems.append(
-                f"{entry.key}: shape {array.shape} does not fit the "
-                f"model's {wanted}"
-            )
-            continue
-        values.append((entry.variable, value))
-    if problems:
-        raise ValueError(
-            f"{source} does not match the model: " + "; ".join(problems)
-        )
-    for done, (variable, value) in enumerate(values, start=1):
-        variable.assign(value)
-        if progress is not None:
-            progress(done, len(values))
+    assign_checked(
+        (
+            (param.key, (param.variable,), _as_tuple(param.to_keras))
+            for param in big_vision_weight_entries(backbone)
+        ),
+        params,
+        source,
+        noun="arrays",
+        progress=progress,
+    )
+
+
+def _as_tuple(to_keras):
+    return lambda array: (to_keras(array),)
 
 
 def load_big_vision_npz(

@@ -26,9 +26,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 import keras
-import ml_dtypes
 import numpy as np
 
+from keras_siglip2.convert.checked_assign import assign_checked
 from keras_siglip2.convert.safetensors_io import read_safetensors
 from keras_siglip2.convert.safetensors_io import write_safetensors
 from keras_siglip2.models.backbone import SigLIP2Backbone
@@ -41,12 +41,6 @@ _IGNORED_KEYS = (
     "vision_model.embeddings.position_ids",
 )
 _SUPPORTED_ACTIVATIONS = ("gelu_pytorch_tanh", "gelu_new", "gelu_fast")
-_FLOAT_DTYPES = (
-    np.dtype("float16"),
-    np.dtype(ml_dtypes.bfloat16),
-    np.dtype("float32"),
-    np.dtype("float64"),
-)
 # Gemma's special ids, for checkpoints with its 256k vocabulary.
 _GEMMA_VOCABULARY_SIZE = 256_000
 _GEMMA_TOKEN_IDS = dict(pad_token_id=0, eos_token_id=1, bos_token_id=2)
@@ -413,47 +407,17 @@ def assign_hf_weights(
         ValueError: listing missing, unexpected, mis-shaped or non-float
             tensors; nothing is assigned in that case.
     """
-    entries = hf_weight_entries(backbone)
-    expected = {entry.key for entry in entries}
-    present = set(tensors) - set(_IGNORED_KEYS)
-    problems = []
-    missing = sorted(expected - present)
-    unexpected = sorted(present - expected)
-    if missing:
-        problems.append(f"missing tensors: {missing}")
-    if unexpected:
-        problems.append(f"unexpected tensors: {unexpected}")
-    values = []
-    for entry in entries:
-        if entry.key not in tensors:
-            continue
-        array = np.asarray(tensors[entry.key])
-        if array.dtype not in _FLOAT_DTYPES:
-            problems.append(
-                f"{entry.key}: dtype {array.dtype} is not a float dtype"
-            )
-            continue
-        try:
-            parts = entry.to_keras(array)
-        except (ValueError, IndexError):
-            parts = None
-        wanted = [tuple(v.shape) for v in entry.variables]
-        if parts is None or [p.shape for p in parts] != wanted:
-            problems.append(
-                f"{entry.key}: shape {array.shape} does not fit the "
-                f"model's {' + '.join(map(str, wanted))}"
-            )
-            continue
-        values.append((entry.variables, parts))
-    if problems:
-        raise ValueError(
-            f"{source} does not match the model: " + "; ".join(problems)
-        )
-    for done, (variables, parts) in enumerate(values, start=1):
-        for variable, part in zip(variables, parts):
-            variable.assign(part)
-        if progress is not None:
-            progress(done, len(values))
+    assign_checked(
+        (
+            (entry.key, entry.variables, entry.to_keras)
+            for entry in hf_weight_entries(backbone)
+        ),
+        tensors,
+        source,
+        noun="tensors",
+        ignored=_IGNORED_KEYS,
+        progress=progress,
+    )
 
 
 def load_hf_checkpoint(
