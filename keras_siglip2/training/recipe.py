@@ -28,7 +28,6 @@ import math
 from collections.abc import Callable
 
 import keras
-import numpy as np
 
 from keras_siglip2.data.augment import add_self_distillation_views
 from keras_siglip2.data.locca import LocCaVocabulary
@@ -571,8 +570,3 @@ class _CheckpointCallback(keras.callbacks.Callback):
         ckpt.save_checkpoint(
             self.directory, self.stage_model, self.optimizer, state
         )
-
-
-def final_weights(backbone: SigLIP2Backbone) -> list[np.ndarray]:
-    """The backbone's weights as numpy arrays (for comparisons)."""
-    return [keras.ops.convert_to_numpy(w) for w in backbone.weights]
