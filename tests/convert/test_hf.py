@@ -11,7 +11,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
-import transformers
+from hf_models import random_hf_model
 
 from keras_siglip2.convert.hf import load_hf_checkpoint
 from keras_siglip2.convert.safetensors_io import read_safetensors
@@ -82,19 +82,7 @@ CONFIGS = {
 
 
 def _make_hf_model(config, seed=0):
-    hf_config = transformers.SiglipConfig(
-        vision_config=config["vision"], text_config=config["text"]
-    )
-    torch.manual_seed(seed)
-    model = transformers.SiglipModel(hf_config).eval()
-    # The default init is near zero; spread it so every weight matters.
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if name in ("logit_scale", "logit_bias"):
-                param.uniform_(-1.0, 1.0)
-            else:
-                param.normal_(0.0, 0.3)
-    return model
+    return random_hf_model(False, config["vision"], config["text"], seed)
 
 
 @pytest.fixture(scope="module", params=sorted(CONFIGS))

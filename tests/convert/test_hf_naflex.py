@@ -8,7 +8,7 @@ patch batches, mixing aspect ratios and fill levels.
 import numpy as np
 import pytest
 import torch
-import transformers
+from hf_models import random_hf_model
 
 from keras_siglip2.convert.hf import load_hf_checkpoint
 
@@ -81,18 +81,7 @@ CONFIGS = {
 
 
 def _make_model(config, seed=0):
-    hf_config = transformers.Siglip2Config(
-        vision_config=config["vision"], text_config=config["text"]
-    )
-    torch.manual_seed(seed)
-    model = transformers.Siglip2Model(hf_config).eval()
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if name in ("logit_scale", "logit_bias"):
-                param.uniform_(-1.0, 1.0)
-            else:
-                param.normal_(0.0, 0.3)
-    return model
+    return random_hf_model(True, config["vision"], config["text"], seed)
 
 
 def _ragged_batch(config, seed=0):
