@@ -448,6 +448,7 @@ class SigLIP2Recipe:
         callbacks: list | None = None,
         verbose: int | str = "auto",
         stop_after_steps: int | None = None,
+        on_stage_end: Callable[[str, SigLIP2Backbone], None] | None = None,
     ) -> dict:
         """Trains (or resumes) through every stage.
 
@@ -458,6 +459,14 @@ class SigLIP2Recipe:
             verbose: Keras `fit` verbosity.
             stop_after_steps: stop once this global step is reached (for
                 staged runs and tests); resume later from the checkpoint.
+            on_stage_end: optional `fn(stage_name, backbone)`, called after
+                the last step of each stage this call trains through
+                (`"A"`, `"B"`, `"C"`, `"D"`; a resumed run calls it for
+                the stages it finishes), once that stage's final
+                checkpoint is written, with the stage's backbone (the
+                resized one after a fixed-res Stage C, the NaFlex one in a
+                NaFlex Stage C). It must not modify the backbone; the
+                recipe itself draws no random numbers for it.
 
         Returns:
             dict with the per-stage Keras histories and the final
@@ -512,6 +521,8 @@ class SigLIP2Recipe:
             histories.setdefault(stage.name, {})
             for key, values in history.history.items():
                 histories[stage.name].setdefault(key, []).extend(values)
+            if on_stage_end is not None and end == stage.end_step:
+                on_stage_end(stage.name, backbone)
         if backbone is None:
             stage = self.plan[-1]
             backbone, _ = self._restore(stage, state, weights)
