@@ -9,9 +9,15 @@ from keras_hub.src.utils.tensor_utils import preprocessing_function
 
 from keras_siglip2.models.backbone import SigLIP2Backbone
 from keras_siglip2.models.image_converter import SigLIP2ImageConverter
+from keras_siglip2.models.image_converter import load_image_converter
+from keras_siglip2.models.presets import PresetFiles
 from keras_siglip2.models.tokenizer import SigLIP2Tokenizer
+from keras_siglip2.models.tokenizer import load_tokenizer
 
 TEXT_KEYS = ("prompts", "text")
+PREPROCESSOR_FILE = "preprocessor.json"
+_OURS = "keras_siglip2>SigLIP2Preprocessor"
+_KERAS_HUB = "keras_hub>SigLIPPreprocessor"
 
 
 @keras.saving.register_keras_serializable(package="keras_siglip2")
@@ -19,7 +25,9 @@ class SigLIP2Preprocessor(Preprocessor):
     """Turns `{"images", "prompts"}` into `SigLIP2Backbone` inputs.
 
     Texts go through the tokenizer (lower-case, EOS, padded to 64 ids) and
-    images through the image converter (resize, scale to `[-1, 1]`).
+    images through the image converter (resize, scale to `[-1, 1]`; or, with
+    a NaFlex converter, patches, mask and grid shapes for a
+    `SigLIP2Backbone(naflex=True)`).
     Either key may be left out, e.g. to embed only texts; the numbers of
     images and texts need not match (zero-shot classification pairs every
     image with every text).
@@ -42,9 +50,10 @@ class SigLIP2Preprocessor(Preprocessor):
         sample_weight: optional sample weights, passed through.
 
     Returns:
-        `x` as a dict with `"images"`: float `(batch, size, size, 3)` and/or
-        `"token_ids"`: int32 `(batch, sequence_length)`; packed with `y` and
-        `sample_weight` when given.
+        `x` as a dict with `"images"`: float `(batch, size, size, 3)` (a
+        NaFlex converter gives `"patches"`, `"patch_mask"` and
+        `"spatial_shapes"` instead) and/or `"token_ids"`: int32 `(batch,
+        sequence_length)`; packed with `y` and `sample_weight` when given.
 
     Example:
     >>> preprocessor = SigLIP2Preprocessor(
@@ -64,6 +73,61 @@ class SigLIP2Preprocessor(Preprocessor):
         super().__init__(**kwargs)
         self.tokenizer = tokenizer
         self.image_converter = image_converter
+
+    @classmethod
+    def from_preset(cls, preset, **kwargs):
+        """Loads a preprocessor from a preset directory, name or handle.
+
+        Accepts keras-hub's SigLIP/SigLIP 2 preset names (see
+        `keras_siglip2.models.presets.preset_names()`; keras-hub downloads
+        the few files needed, only when asked), `kaggle://`/`hf://`
+        handles, our `save_to_preset` directories and keras-hub ones
+        (written by `SigLIPPreprocessor.save_to_preset`, or by
+        `SigLIPBackbone` and `SigLIPTokenizer`/`GemmaTokenizer`
+        `save_to_preset`). The tokenizer comes from `load_tokenizer` (so
+        SigLIP presets get a `SigLIPTokenizer`) and the image converter
+        from `load_image_converter` (sized from `image_converter.json` or
+        the backbone's `config.json`; NaFlex for NaFlex backbones).
+
+        Args:
+            preset: string or path.
+            **kwargs: `tokenizer` and/or `image_converter` to use instead
+                of the preset's, and base layer arguments.
+
+        Returns:
+            A `SigLIP2Preprocessor`.
+
+        Raises:
+            ValueError: unknown names (with close matches), missing or
+                unreadable files, naming them; nothing partially loaded is
+                returned.
+        """
+        files = PresetFiles(preset)
+        registered, config = files.registered_json(
+            PREPROCESSOR_FILE, required=False
+        )
+        if registered not in (None, _OURS, _KERAS_HUB):
+            raise ValueError(
+                f"{files.name}: `{PREPROCESSOR_FILE}` holds a "
+                f"{registered!r}; expected {_OURS!r} or {_KERAS_HUB!r}."
+            )
+        # Ours may have been saved without either part.
+        ours = registered == _OURS
+        if "tokenizer" not in kwargs:
+            kwargs["tokenizer"] = (
+                None
+                if ours and config.get("tokenizer") is None
+                else load_tokenizer(preset)
+            )
+        if "image_converter" not in kwargs:
+            kwargs["image_converter"] = (
+                None
+                if ours and config.get("image_converter") is None
+                else load_image_converter(preset)
+            )
+        if ours and "name" in config:
+            kwargs.setdefault("name", config["name"])
+        return cls(**kwargs)
 
     @property
     def sequence_length(self):
@@ -104,7 +168,10 @@ class SigLIP2Preprocessor(Preprocessor):
         if images is not None:
             if self.image_converter is not None:
                 images = self.image_converter(images)
-            outputs["images"] = images
+            if isinstance(images, dict):
+                outputs.update(images)
+            else:
+                outputs["images"] = images
         if texts is not None:
             if self.tokenizer is None:
                 raise ValueError(

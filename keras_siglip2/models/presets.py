@@ -16,6 +16,9 @@ the entries where keras-hub's metadata does not follow that rule.
 
 import dataclasses
 import difflib
+import json
+import os
+from pathlib import Path
 
 from keras_siglip2.models.configs import SIZES
 from keras_siglip2.models.configs import TEXT_SIZE
@@ -433,3 +436,114 @@ def get_preset(name: str) -> Preset:
         else " Known presets: " + ", ".join(preset_names()) + "."
     )
     raise ValueError(f"Unknown preset {name!r}.{hint}")
+
+
+# --- Reading preset files -----------------------------------------------------
+
+
+class PresetFiles:
+    """The files of a preset: a local directory, a name or a handle.
+
+    Local directories are read in place. Names from `PRESETS` resolve to
+    their Kaggle handle; handles (`kaggle://`, `hf://`) are downloaded file
+    by file through keras-hub, only when a file is asked for.
+
+    Args:
+        preset: string or path: a directory, a name from `preset_names()`
+            or a `kaggle://`/`hf://` handle.
+
+    Raises:
+        ValueError: unknown names (listing close matches) and paths that
+            are not directories.
+    """
+
+    def __init__(self, preset):
+        if isinstance(preset, os.PathLike) or (
+            isinstance(preset, str) and os.path.isdir(preset)
+        ):
+            self.local = Path(preset)
+            self.handle = None
+            if not self.local.is_dir():
+                raise ValueError(f"{preset}: no such preset directory.")
+        elif not isinstance(preset, str):
+            raise TypeError(
+                "`preset` must be a string or a path; got "
+                f"{type(preset).__name__}."
+            )
+        elif "://" in preset:
+            self.local, self.handle = None, preset
+        elif os.sep in preset or os.path.exists(preset):
+            raise ValueError(f"{preset}: no such preset directory.")
+        else:
+            self.local, self.handle = None, get_preset(preset).kaggle_handle
+        self.name = str(self.local if self.local is not None else self.handle)
+
+    def path(self, file: str, required: bool = True) -> str | None:
+        """Local path of `file` (e.g. `"tokenizer.json"`).
+
+        Args:
+            file: path relative to the preset root.
+            required: if true, a missing file raises; else gives None.
+
+        Returns:
+            The local path, or None for a missing optional file.
+
+        Raises:
+            ValueError: a missing required file, naming it.
+        """
+        if self.local is not None:
+            path = self.local / file
+            found = str(path) if path.is_file() else None
+        else:
+            # Looked up at call time so that tests can stand in for the
+            # download.
+            from keras_hub.src.utils import preset_utils
+
+            try:
+                found = preset_utils.get_file(self.handle, file)
+            except FileNotFoundError:
+                found = None
+        if found is None and required:
+            raise ValueError(f"{self.name}: no `{file}` found.")
+        return found
+
+    def json(self, file: str, required: bool = True) -> dict | None:
+        """The JSON object in `file`, or None for a missing optional file.
+
+        Raises:
+            ValueError: a missing required file, invalid JSON or a JSON
+                value that is not an object, naming the file.
+        """
+        path = self.path(file, required)
+        if path is None:
+            return None
+        try:
+            with open(path, encoding="utf-8") as f:
+                value = json.load(f)
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ValueError(f"{path}: not valid JSON ({e}).") from None
+        if not isinstance(value, dict):
+            raise ValueError(f"{path}: expected a JSON object.")
+        return value
+
+    def registered_json(self, file: str, required: bool = True):
+        """`(registered_name, config)` of a serialized Keras object file.
+
+        Returns:
+            `(None, None)` for a missing optional file.
+
+        Raises:
+            ValueError: as `json`, and for a file without a
+                `registered_name` string and a `config` object.
+        """
+        value = self.json(file, required)
+        if value is None:
+            return None, None
+        registered = value.get("registered_name")
+        config = value.get("config")
+        if not isinstance(registered, str) or not isinstance(config, dict):
+            raise ValueError(
+                f"{self.name}: `{file}` is not a serialized Keras object "
+                "(no `registered_name` string and `config` object)."
+            )
+        return registered, config

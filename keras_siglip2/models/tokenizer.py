@@ -30,6 +30,7 @@ from keras_hub.tokenizers import GemmaTokenizer
 from keras_hub.tokenizers import SigLIPTokenizer as _KerasHubSigLIPTokenizer
 
 from keras_siglip2.models.backbone import SigLIP2Backbone
+from keras_siglip2.models.presets import PresetFiles
 
 TRUNCATION_MODES = ("sticky", "cut")
 _NUL = "\x00"
@@ -257,6 +258,30 @@ class _FixedLengthMixin:
             tuple(input_spec.shape) + (self.sequence_length,),
             dtype=self.compute_dtype,
         )
+
+    @classmethod
+    def from_preset(cls, preset, **kwargs):
+        """Loads the tokenizer of a preset directory, name or handle.
+
+        Accepts keras-hub's SigLIP and SigLIP 2 preset names (see
+        `keras_siglip2.models.presets.preset_names()`; keras-hub downloads
+        the two files needed, only when asked), `kaggle://`/`hf://`
+        handles, and directories written by `save_to_preset` of keras-hub's
+        `SigLIPTokenizer`/`GemmaTokenizer`/`SigLIPPreprocessor` or of ours.
+        The family decides the class returned, whichever class this is
+        called on: a Gemma vocabulary (SigLIP 2) gives a `SigLIP2Tokenizer`,
+        a keras-hub `SigLIPTokenizer` (SigLIP, MedSigLIP) a
+        `SigLIPTokenizer`. See `load_tokenizer` for the translation.
+
+        Args:
+            preset: string or path.
+            **kwargs: constructor arguments that replace the preset's
+                (e.g. `sequence_length`, `truncation`).
+
+        Returns:
+            A `SigLIP2Tokenizer` or `SigLIPTokenizer`.
+        """
+        return load_tokenizer(preset, **kwargs)
 
     def get_config(self):
         config = super().get_config()
@@ -569,3 +594,125 @@ class SigLIPTokenizer(_FixedLengthMixin, _KerasHubSigLIPTokenizer):
         config = super().get_config()
         config["canonicalize"] = self.canonicalize
         return config
+
+
+# --- Presets ------------------------------------------------------------------
+
+TOKENIZER_FILE = "tokenizer.json"
+VOCABULARY_FILE = "assets/tokenizer/vocabulary.spm"
+PREPROCESSOR_FILE = "preprocessor.json"
+BACKBONE_FILE = "config.json"
+_OURS = {
+    "keras_siglip2>SigLIP2Tokenizer": SigLIP2Tokenizer,
+    "keras_siglip2>SigLIPTokenizer": SigLIPTokenizer,
+}
+_KERAS_HUB = {
+    "keras_hub>GemmaTokenizer": SigLIP2Tokenizer,
+    "keras_hub>SigLIPTokenizer": SigLIPTokenizer,
+}
+_KERAS_HUB_PREPROCESSOR = "keras_hub>SigLIPPreprocessor"
+_BACKBONES = ("keras_hub>SigLIPBackbone", "keras_siglip2>SigLIP2Backbone")
+
+
+def _keras_hub_settings(files: PresetFiles) -> dict:
+    """Sequence length and text canonicalisation of a keras-hub preset.
+
+    From `preprocessor.json` (a keras-hub `SigLIPPreprocessor`) and the
+    text tower of `config.json`, both optional; they must agree.
+    """
+    settings = {}
+    lengths = {}
+    registered, config = files.registered_json(PREPROCESSOR_FILE, False)
+    if registered == _KERAS_HUB_PREPROCESSOR:
+        if config.get("add_start_token", False) or not config.get(
+            "add_end_token", True
+        ):
+            raise ValueError(
+                f"{files.name}: `{PREPROCESSOR_FILE}` sets "
+                "`add_start_token=True` or `add_end_token=False`; SigLIP "
+                "texts end with EOS and have no BOS."
+            )
+        if config.get("sequence_length") is not None:
+            lengths[PREPROCESSOR_FILE] = config["sequence_length"]
+        settings["canonicalize"] = bool(config.get("canonicalize_text", True))
+    registered, config = files.registered_json(BACKBONE_FILE, False)
+    if registered in _BACKBONES:
+        text = config.get("text_encoder", {})
+        length = text.get("config", {}).get("max_sequence_length")
+        if length is not None:
+            lengths[BACKBONE_FILE] = length
+    if len(set(lengths.values())) > 1:
+        raise ValueError(
+            f"{files.name}: the sequence lengths disagree: {lengths}."
+        )
+    if lengths:
+        settings["sequence_length"] = next(iter(lengths.values()))
+    return settings
+
+
+def load_tokenizer(preset, **kwargs):
+    """Builds our tokenizer from a preset's `tokenizer.json` and vocabulary.
+
+    Reads `tokenizer.json` and `assets/tokenizer/vocabulary.spm`:
+    - ours (`SigLIP2Tokenizer`/`SigLIPTokenizer.save_to_preset`): the
+      saved configuration, as is;
+    - keras-hub's `GemmaTokenizer` (its SigLIP 2 presets): a
+      `SigLIP2Tokenizer` with the SigLIP 2 pipeline (lower-case, no BOS,
+      sticky EOS, `<pad>` padding). keras-hub's own `SigLIPPreprocessor`
+      would canonicalise these texts like SigLIP's; the released SigLIP 2
+      models were trained on lower-cased text only (big_vision's `lower`,
+      HF's `Siglip2Tokenizer`), which is what ours does;
+    - keras-hub's `SigLIPTokenizer` (SigLIP and MedSigLIP presets): a
+      `SigLIPTokenizer` (canonicalised text, sticky EOS, EOS padding), the
+      ids keras-hub's `SigLIPPreprocessor` gives.
+    For keras-hub files the sequence length comes from `preprocessor.json`
+    or the text tower in `config.json` when present (64 otherwise), and
+    SigLIP's canonicalisation from `preprocessor.json`'s
+    `canonicalize_text`.
+
+    Args:
+        preset: a directory, a preset name or a `kaggle://`/`hf://` handle.
+        **kwargs: constructor arguments that replace the preset's.
+
+    Returns:
+        A `SigLIP2Tokenizer` or `SigLIPTokenizer`.
+
+    Raises:
+        ValueError: unknown names (with close matches), a missing
+            `tokenizer.json` or vocabulary file, a tokenizer class that is
+            neither ours nor keras-hub's SigLIP/Gemma one, or a vocabulary
+            that does not parse or lacks the family's special tokens; the
+            message names the file. Nothing partially loaded is returned.
+    """
+    files = PresetFiles(preset)
+    registered, config = files.registered_json(TOKENIZER_FILE)
+    if registered in _OURS:
+        cls = _OURS[registered]
+        config = {**config, "proto": None, **kwargs}
+    elif registered in _KERAS_HUB:
+        cls = _KERAS_HUB[registered]
+        settings = _keras_hub_settings(files)
+        if cls is SigLIP2Tokenizer:
+            settings.pop("canonicalize", None)
+        config = {**settings, **kwargs}
+    else:
+        raise ValueError(
+            f"{files.name}: `{TOKENIZER_FILE}` holds a {registered!r}; "
+            f"expected one of {sorted(_OURS) + sorted(_KERAS_HUB)}."
+        )
+    vocabulary = files.path(VOCABULARY_FILE)
+    try:
+        tokenizer = cls.from_config(config)
+    except (TypeError, ValueError) as e:
+        raise ValueError(
+            f"{files.name}: cannot build a {cls.__name__} from "
+            f"`{TOKENIZER_FILE}`: {e}"
+        ) from None
+    try:
+        tokenizer.set_proto(vocabulary)
+    except ValueError as e:
+        message = str(e)
+        if vocabulary not in message:
+            message = f"{vocabulary}: {message}"
+        raise ValueError(message) from None
+    return tokenizer
