@@ -255,13 +255,18 @@ class SigLIP2ImageConverter(ImageConverter):
             images = np.asarray(keras.ops.convert_to_numpy(inputs))
             batched = images.ndim == 4
             images = list(images) if batched else [images]
-        for image in images:
-            _check_images_numpy(image)
-            if image.ndim != 3:
-                raise ValueError(
-                    "NaFlex images must have shape (height, width, 3) each; "
-                    f"got {_describe(image.shape)}."
-                )
+        for index, image in enumerate(images):
+            try:
+                _check_images_numpy(image)
+                if image.ndim != 3:
+                    raise ValueError(
+                        "NaFlex images must have shape (height, width, 3) "
+                        f"each; got {_describe(image.shape)}."
+                    )
+            except ValueError as e:
+                if not batched:
+                    raise
+                raise ValueError(f"Image {index}: {e}") from None
         outputs = naflex_preprocess_batch(
             images,
             self.patch_size,

@@ -1,5 +1,8 @@
 """`SigLIP2ImageConverter` against HF's `SiglipImageProcessor`.
 
+NaFlex mode against `naflex_preprocess` (itself tested against HF), and
+presets against keras-hub's own converter.
+
 Without torchvision (as here) `SiglipImageProcessor` is the PIL backend
 (`SiglipImageProcessorPil`), used directly below. PIL resizes `uint8`
 images in two separable passes and rounds to `uint8` after each; with
@@ -12,13 +15,19 @@ steps, provided no value overshoots [0, 255] (PIL clips there, we do not:
 see the last test of this group).
 """
 
+import keras_hub
 import numpy as np
 import pytest
 import tensorflow as tf
 from transformers import SiglipImageProcessorPil
 from transformers.image_utils import PILImageResampling
 
+from keras_siglip2.data.naflex import naflex_preprocess
+from keras_siglip2.data.naflex import naflex_preprocess_batch
+from keras_siglip2.models.backbone import SigLIP2Backbone
 from keras_siglip2.models.image_converter import SigLIP2ImageConverter
+from keras_siglip2.models.text_encoder import SigLIP2TextEncoder
+from keras_siglip2.models.vision_encoder import SigLIP2VisionEncoder
 
 STEP = 1.0 / 127.5
 
@@ -198,3 +207,235 @@ def test_bad_images_in_tf_data():
 def test_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
         SigLIP2ImageConverter(**kwargs)
+
+
+# --- NaFlex -------------------------------------------------------------------
+# `naflex_preprocess` is tested against HF's `Siglip2ImageProcessor` in
+# tests/data/test_naflex.py; the converter must give exactly its outputs.
+
+
+def _naflex(**kwargs):
+    return SigLIP2ImageConverter(
+        naflex=True, **{"patch_size": 4, "max_num_patches": 16, **kwargs}
+    )
+
+
+def _naflex_images():
+    return [_noise(10, 30, seed=1), _noise(17, 9, seed=2), _noise(3, 3)]
+
+
+def _numpy(outputs):
+    return {key: np.asarray(value) for key, value in outputs.items()}
+
+
+def test_naflex_is_naflex_preprocess_exactly():
+    images = _naflex_images()
+    ours = _numpy(_naflex()(images))
+    expected = naflex_preprocess_batch(images, 4, 16)
+    assert set(ours) == {"patches", "patch_mask", "spatial_shapes"}
+    for key in expected:
+        assert ours[key].dtype == expected[key].dtype
+        np.testing.assert_array_equal(ours[key], expected[key])
+    one = _numpy(_naflex()(images[1]))
+    for key, value in naflex_preprocess(images[1], 4, 16).items():
+        np.testing.assert_array_equal(one[key], value.numpy())
+    # Float images in [0, 1]: the value range follows scale and offset.
+    floats = [image / 255.0 for image in images]
+    in_unit = _numpy(_naflex(scale=2.0, offset=-1.0)(floats))
+    expected = naflex_preprocess_batch(floats, 4, 16, value_range=(0, 1))
+    np.testing.assert_array_equal(in_unit["patches"], expected["patches"])
+
+
+def test_naflex_shapes_dtypes_and_mask():
+    outputs = _numpy(_naflex()(_naflex_images()))
+    assert outputs["patches"].shape == (3, 16, 4 * 4 * 3)
+    assert outputs["patches"].dtype == np.float32
+    assert outputs["patch_mask"].dtype == np.int32
+    assert outputs["spatial_shapes"].dtype == np.int32
+    grids = outputs["spatial_shapes"]
+    # Wide, tall and square images keep their aspect ratio.
+    assert grids[0, 1] > grids[0, 0] and grids[1, 0] > grids[1, 1]
+    assert grids[2, 0] == grids[2, 1]
+    counts = grids.prod(-1)
+    assert (counts <= 16).all()
+    for row, count in enumerate(counts):
+        assert outputs["patch_mask"][row].tolist() == [1] * count + [0] * (
+            16 - count
+        )
+        assert (outputs["patches"][row, count:] == 0).all()
+        real = outputs["patches"][row, :count]
+        assert real.min() >= -1 - 1e-6 and real.max() <= 1 + 1e-6
+
+
+def test_naflex_input_forms_agree():
+    image = _noise(12, 20)
+    converter = _naflex()
+    expected = _numpy(converter([image, image]))
+    for batch in (np.stack([image, image]), (image, image)):
+        for key, value in _numpy(converter(batch)).items():
+            np.testing.assert_array_equal(value, expected[key])
+    one = _numpy(converter(image.astype("float32")))
+    np.testing.assert_array_equal(one["patches"], expected["patches"][0])
+
+
+def test_naflex_in_tf_data_matches_eager():
+    images = _naflex_images()
+    converter = _naflex()
+    eager = _numpy(converter(images))
+    dataset = tf.data.Dataset.from_generator(
+        lambda: iter(images),
+        output_signature=tf.TensorSpec((None, None, 3), tf.uint8),
+    )
+    single = next(iter(dataset.map(converter).batch(3)))
+    ragged = next(iter(dataset.ragged_batch(3).map(converter)))
+    for outputs in (single, ragged):
+        for key, value in eager.items():
+            np.testing.assert_array_equal(outputs[key].numpy(), value)
+    same_size = tf.data.Dataset.from_tensors(np.stack([images[0]] * 2))
+    dense = next(iter(same_size.map(converter)))
+    np.testing.assert_array_equal(
+        dense["patches"].numpy()[1], eager["patches"][0]
+    )
+
+
+def test_naflex_config_round_trip():
+    converter = _naflex(max_num_patches=9, antialias=False)
+    config = converter.get_config()
+    assert config["naflex"] and config["patch_size"] == 4
+    assert config["interpolation"] == "bilinear"
+    restored = SigLIP2ImageConverter.from_config(config)
+    assert restored.get_config() == config
+    image = _noise(21, 13)
+    for key, value in _numpy(converter(image)).items():
+        np.testing.assert_array_equal(np.asarray(restored(image)[key]), value)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"max_num_patches": 0}, "max_num_patches"),
+        ({"patch_size": None}, "patch_size"),
+        ({"image_size": 16}, "image_size"),
+        ({"interpolation": "bicubic"}, "bilinear"),
+        ({"crop_to_aspect_ratio": True}, "aspect ratio"),
+        ({"scale": (0.1, 0.1, 0.1)}, "scalar `scale`"),
+        ({"scale": 0.0}, "non-zero"),
+    ],
+)
+def test_naflex_bad_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        _naflex(**kwargs)
+
+
+def test_naflex_settings_without_naflex_are_refused():
+    with pytest.raises(ValueError, match="naflex=True"):
+        SigLIP2ImageConverter(image_size=8, patch_size=4)
+
+
+def test_naflex_bad_images_are_named():
+    converter = _naflex()
+    with pytest.raises(ValueError, match=r"Image 1: .*empty"):
+        converter([_noise(4, 4), np.zeros((0, 4, 3), "uint8")])
+    with pytest.raises(ValueError, match=r"Image 0: .*finite"):
+        converter([np.full((4, 4, 3), np.nan)])
+    with pytest.raises(ValueError, match=r"got 1 channels"):
+        converter(np.zeros((4, 4, 1)))
+
+
+# --- Presets ------------------------------------------------------------------
+
+
+def _keras_hub_converter(**kwargs):
+    return keras_hub.layers.SigLIPImageConverter(
+        **{
+            "image_size": (20, 16),
+            "scale": [1 / 127.5, 1 / 100.0, 1 / 60.0],
+            "offset": [-1.0, -0.5, -2.0],
+            "interpolation": "bilinear",
+            "antialias": True,
+            "crop_to_aspect_ratio": False,
+            **kwargs,
+        }
+    )
+
+
+def test_from_keras_hub_converter_preset(tmp_path):
+    theirs = _keras_hub_converter()
+    theirs.save_to_preset(str(tmp_path))
+    ours = SigLIP2ImageConverter.from_preset(str(tmp_path))
+    assert ours.image_size == (20, 16) and ours.interpolation == "bilinear"
+    # keras-hub resizes uint8 images in uint8 (rounding); ours in float.
+    image = _noise(33, 47)[None].astype("float32")
+    np.testing.assert_allclose(
+        np.asarray(ours(image)), np.asarray(theirs(image)), atol=1e-6
+    )
+    bigger = SigLIP2ImageConverter.from_preset(tmp_path, image_size=24)
+    assert np.asarray(bigger(image)).shape == (1, 24, 24, 3)
+
+
+def test_from_keras_hub_backbone_config(tmp_path):
+    vision = keras_hub.models.SigLIPVisionEncoder(
+        patch_size=4,
+        hidden_dim=8,
+        num_layers=1,
+        num_heads=2,
+        intermediate_dim=8,
+        image_shape=(12, 12, 3),
+    )
+    text = keras_hub.models.SigLIPTextEncoder(
+        vocabulary_size=10,
+        embedding_dim=8,
+        hidden_dim=8,
+        num_layers=1,
+        num_heads=2,
+        intermediate_dim=8,
+        max_sequence_length=4,
+        projection_dim=8,
+    )
+    keras_hub.models.SigLIPBackbone(vision, text).save_to_preset(str(tmp_path))
+    config = SigLIP2ImageConverter.from_preset(tmp_path).get_config()
+    expected = SigLIP2ImageConverter(image_size=12).get_config()
+    config.pop("name"), expected.pop("name")
+    assert config == expected
+
+
+def test_from_our_naflex_backbone_and_our_converter(tmp_path):
+    vision = SigLIP2VisionEncoder(
+        image_size=16,
+        patch_size=4,
+        hidden_dim=8,
+        num_layers=1,
+        num_heads=2,
+        intermediate_dim=8,
+    )
+    text = SigLIP2TextEncoder(
+        vocabulary_size=10,
+        hidden_dim=8,
+        num_layers=1,
+        num_heads=2,
+        intermediate_dim=8,
+        max_sequence_length=4,
+    )
+    SigLIP2Backbone(vision, text, naflex=True).save_to_preset(str(tmp_path))
+    converter = SigLIP2ImageConverter.from_preset(tmp_path)
+    assert converter.naflex and converter.patch_size == 4
+    assert converter.max_num_patches == 16
+    saved = _naflex(max_num_patches=7, antialias=False)
+    saved.save_to_preset(str(tmp_path))
+    loaded = SigLIP2ImageConverter.from_preset(tmp_path)
+    assert loaded.get_config() == saved.get_config()
+
+
+def test_bad_converter_presets(tmp_path):
+    with pytest.raises(ValueError, match="no `image_converter.json`"):
+        SigLIP2ImageConverter.from_preset(tmp_path)
+    (tmp_path / "image_converter.json").write_text(
+        '{"registered_name": "keras_hub>ResNetImageConverter", "config": {}}'
+    )
+    with pytest.raises(ValueError, match="ResNetImageConverter"):
+        SigLIP2ImageConverter.from_preset(tmp_path)
+    _keras_hub_converter(interpolation="area").save_to_preset(str(tmp_path))
+    with pytest.raises(ValueError, match=r"image_converter\.json.*area"):
+        SigLIP2ImageConverter.from_preset(tmp_path)
+    with pytest.raises(ValueError, match="Did you mean"):
+        SigLIP2ImageConverter.from_preset("siglip2_base_patch16_22")
