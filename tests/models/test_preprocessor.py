@@ -1,16 +1,25 @@
-"""`SigLIP2Preprocessor`: eager and `tf.data`, feeding a tiny backbone."""
+"""`SigLIP2Preprocessor`: eager and `tf.data`, feeding a tiny backbone.
+
+Presets: keras-hub's `SigLIPPreprocessor` and `SigLIPBackbone` (saved with
+their own `save_to_preset`) are the oracles; preset names go through
+keras-hub's `get_file`, replaced by a local copy.
+"""
 
 import keras
+import keras_hub
 import numpy as np
 import pytest
 import sentencepiece_fixture as fixture
 import tensorflow as tf
+from keras_hub.src.utils import preset_utils
 
 from keras_siglip2.models.backbone import SigLIP2Backbone
 from keras_siglip2.models.image_converter import SigLIP2ImageConverter
 from keras_siglip2.models.preprocessor import SigLIP2Preprocessor
+from keras_siglip2.models.presets import get_preset
 from keras_siglip2.models.text_encoder import SigLIP2TextEncoder
 from keras_siglip2.models.tokenizer import SigLIP2Tokenizer
+from keras_siglip2.models.tokenizer import SigLIPTokenizer
 from keras_siglip2.models.vision_encoder import SigLIP2VisionEncoder
 
 TEXTS = ["A red circle.", "ein blauer Kreis", "красный квадрат", "🐶 狗"]
@@ -173,3 +182,228 @@ def test_texts_without_tokenizer_are_rejected():
     )
     with pytest.raises(ValueError, match="no tokenizer"):
         preprocessor({"prompts": ["a"]})
+
+
+# --- NaFlex -------------------------------------------------------------------
+
+
+def _tiny_naflex_backbone(vocabulary_size):
+    vision = SigLIP2VisionEncoder(
+        image_size=16,
+        patch_size=4,
+        hidden_dim=8,
+        num_layers=1,
+        num_heads=2,
+        intermediate_dim=16,
+    )
+    text = SigLIP2TextEncoder(
+        vocabulary_size=vocabulary_size,
+        hidden_dim=8,
+        num_layers=1,
+        num_heads=2,
+        intermediate_dim=16,
+        max_sequence_length=64,
+    )
+    return SigLIP2Backbone(vision, text, naflex=True)
+
+
+def _mixed_images():
+    rng = np.random.default_rng(3)
+    sizes = [(30, 12), (9, 40), (16, 16), (50, 50)]
+    return [rng.integers(0, 256, (h, w, 3)).astype(np.uint8) for h, w in sizes]
+
+
+def test_naflex_feeds_naflex_backbone_end_to_end(proto):
+    converter = SigLIP2ImageConverter(
+        naflex=True, patch_size=4, max_num_patches=20
+    )
+    preprocessor = SigLIP2Preprocessor(SigLIP2Tokenizer(proto=proto), converter)
+    images = _mixed_images()
+    inputs = preprocessor({"images": images, "prompts": TEXTS})
+    assert set(inputs) == {
+        "patches",
+        "patch_mask",
+        "spatial_shapes",
+        "token_ids",
+    }
+    expected = converter(images)
+    for key in ("patches", "patch_mask", "spatial_shapes"):
+        np.testing.assert_array_equal(
+            keras.ops.convert_to_numpy(inputs[key]),
+            keras.ops.convert_to_numpy(expected[key]),
+        )
+    backbone = _tiny_naflex_backbone(preprocessor.tokenizer.vocabulary_size())
+    logits = keras.ops.convert_to_numpy(backbone(inputs))
+    assert logits.shape == (4, 4) and np.isfinite(logits).all()
+    dataset = tf.data.Dataset.from_generator(
+        lambda: iter(zip(images, TEXTS)),
+        output_signature=(
+            tf.TensorSpec((None, None, 3), tf.uint8),
+            tf.TensorSpec((), tf.string),
+        ),
+    ).map(lambda image, text: {"images": image, "prompts": text})
+    for batched in (
+        dataset.map(preprocessor).batch(4),
+        dataset.ragged_batch(4).map(preprocessor),
+    ):
+        batch = {k: v.numpy() for k, v in next(iter(batched)).items()}
+        np.testing.assert_allclose(
+            keras.ops.convert_to_numpy(backbone(batch)), logits, atol=1e-5
+        )
+
+
+# --- Presets ------------------------------------------------------------------
+
+
+def _keras_hub_siglip_backbone(image_size, vocabulary_size, length):
+    vision = keras_hub.models.SigLIPVisionEncoder(
+        patch_size=4,
+        hidden_dim=8,
+        num_layers=1,
+        num_heads=2,
+        intermediate_dim=8,
+        image_shape=(image_size, image_size, 3),
+    )
+    text = keras_hub.models.SigLIPTextEncoder(
+        vocabulary_size=vocabulary_size,
+        embedding_dim=8,
+        hidden_dim=8,
+        num_layers=1,
+        num_heads=2,
+        intermediate_dim=8,
+        max_sequence_length=length,
+        projection_dim=8,
+    )
+    return keras_hub.models.SigLIPBackbone(vision, text)
+
+
+@pytest.fixture(scope="module")
+def t5_proto():
+    return fixture.train_t5_like()
+
+
+def test_from_keras_hub_siglip_preprocessor_preset(t5_proto, tmp_path):
+    theirs = keras_hub.models.SigLIPPreprocessor(
+        keras_hub.tokenizers.SigLIPTokenizer(proto=t5_proto, add_eos=True),
+        keras_hub.layers.SigLIPImageConverter(
+            image_size=(12, 12),
+            scale=[1 / 127.5] * 3,
+            offset=[-1.0] * 3,
+            interpolation="bicubic",
+            antialias=True,
+            crop_to_aspect_ratio=False,
+        ),
+        sequence_length=10,
+    )
+    theirs.save_to_preset(str(tmp_path))
+    ours = SigLIP2Preprocessor.from_preset(str(tmp_path))
+    assert isinstance(ours.tokenizer, SigLIPTokenizer)
+    assert ours.sequence_length == 10
+    # keras-hub resizes uint8 images in uint8 (rounding); ours in float.
+    inputs = {
+        "images": _images().astype("float32"),
+        "prompts": ["A red circle.", "two  Dogs, left!", "x", ""],
+    }
+    expected = theirs(inputs)
+    outputs = ours(inputs)
+    np.testing.assert_array_equal(
+        keras.ops.convert_to_numpy(outputs["token_ids"]),
+        keras.ops.convert_to_numpy(expected["token_ids"]),
+    )
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(outputs["images"]),
+        keras.ops.convert_to_numpy(expected["images"]),
+        atol=1e-6,
+    )
+
+
+def test_from_keras_hub_backbone_and_gemma_tokenizer(proto, tmp_path):
+    """Backbone + tokenizer only: the image size and text length come from
+    `config.json`; the result feeds the translated backbone, which agrees
+    with keras-hub's."""
+    theirs = _keras_hub_siglip_backbone(12, 1000, 64)
+    theirs.save_to_preset(str(tmp_path))
+    keras_hub.tokenizers.GemmaTokenizer(proto=proto).save_to_preset(
+        str(tmp_path)
+    )
+    preprocessor = SigLIP2Preprocessor.from_preset(tmp_path)
+    assert isinstance(preprocessor.tokenizer, SigLIP2Tokenizer)
+    assert preprocessor.image_converter.image_size == (12, 12)
+    inputs = preprocessor({"images": _images(), "prompts": TEXTS})
+    backbone = SigLIP2Backbone.from_preset(tmp_path)
+    ours = keras.ops.convert_to_numpy(backbone(inputs))
+    expected = theirs(inputs)["vision_logits"]
+    np.testing.assert_allclose(
+        ours, keras.ops.convert_to_numpy(expected), atol=1e-5
+    )
+
+
+@pytest.mark.parametrize("naflex", [False, True])
+def test_our_save_to_preset_round_trips(proto, naflex, tmp_path):
+    converter = (
+        SigLIP2ImageConverter(naflex=True, patch_size=4, max_num_patches=12)
+        if naflex
+        else SigLIP2ImageConverter(image_size=10, interpolation="bilinear")
+    )
+    preprocessor = SigLIP2Preprocessor(
+        SigLIP2Tokenizer(proto=proto, sequence_length=12), converter
+    )
+    preprocessor.save_to_preset(str(tmp_path))
+    restored = SigLIP2Preprocessor.from_preset(str(tmp_path))
+    assert restored.get_config() == preprocessor.get_config()
+    inputs = {"images": _mixed_images()[:2], "prompts": TEXTS[:2]}
+    if not naflex:
+        inputs["images"] = _images(2)
+    expected = preprocessor(inputs)
+    for key, value in restored(inputs).items():
+        np.testing.assert_array_equal(
+            keras.ops.convert_to_numpy(value),
+            keras.ops.convert_to_numpy(expected[key]),
+        )
+
+
+def test_our_text_only_preset(proto, tmp_path):
+    SigLIP2Preprocessor(SigLIP2Tokenizer(proto=proto)).save_to_preset(
+        str(tmp_path)
+    )
+    restored = SigLIP2Preprocessor.from_preset(tmp_path)
+    assert restored.image_converter is None
+    assert tuple(restored({"prompts": TEXTS})["token_ids"].shape) == (4, 64)
+
+
+def test_preset_name_downloads_through_keras_hub(proto, tmp_path, monkeypatch):
+    keras_hub.tokenizers.GemmaTokenizer(proto=proto).save_to_preset(
+        str(tmp_path)
+    )
+    SigLIP2ImageConverter(image_size=14).save_to_preset(str(tmp_path))
+    handle = get_preset("siglip2_base_patch16_224").kaggle_handle
+    requested = set()
+
+    def get_file(preset, path):
+        assert preset == handle
+        requested.add(path)
+        if not (tmp_path / path).is_file():
+            raise FileNotFoundError(path)
+        return str(tmp_path / path)
+
+    monkeypatch.setattr(preset_utils, "get_file", get_file)
+    preprocessor = SigLIP2Preprocessor.from_preset("siglip2_base_patch16_224")
+    assert isinstance(preprocessor.tokenizer, SigLIP2Tokenizer)
+    assert preprocessor.image_converter.image_size == (14, 14)
+    assert "image_converter.json" in requested
+
+
+def test_bad_presets(proto, tmp_path):
+    with pytest.raises(ValueError, match="Did you mean"):
+        SigLIP2Preprocessor.from_preset("siglip2_large_patch16_257")
+    keras_hub.tokenizers.GemmaTokenizer(proto=proto).save_to_preset(
+        str(tmp_path)
+    )
+    with pytest.raises(ValueError, match="no `image_converter.json`"):
+        SigLIP2Preprocessor.from_preset(tmp_path)
+    (tmp_path / "preprocessor.json").write_text(
+        '{"registered_name": "keras_hub>GemmaCausalLMPreprocessor", '
+        '"config": {}}'
+    )
+    with pytest.raises(ValueError, match="GemmaCausalLMPreprocessor"):
+        SigLIP2Preprocessor.from_preset(tmp_path)
