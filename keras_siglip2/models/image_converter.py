@@ -105,7 +105,7 @@ class SigLIP2ImageConverter(ImageConverter):
     ...     naflex=True, patch_size=16, max_num_patches=256)
     >>> inputs = naflex([images[0], images[1, :100]])
     >>> tuple(inputs["patches"].shape), inputs["spatial_shapes"].tolist()
-    ((2, 256, 768), [[12, 16], [8, 24]])
+    ((2, 256, 768), [[14, 18], [8, 32]])
     """
 
     backbone_cls = SigLIP2Backbone

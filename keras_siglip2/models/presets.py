@@ -12,6 +12,11 @@ the tests.
 counts its integer `position_ids` buffers (patch grid size squared plus
 the 64 text positions), so the two differ by that much; `note` explains
 the entries where keras-hub's metadata does not follow that rule.
+
+`PresetFiles` reads the files of a preset (a local directory, a name from
+this table or a handle), downloading single files through keras-hub only
+when they are read; the tokenizer, image converter and preprocessor
+`from_preset` methods build on it.
 """
 
 import dataclasses
