@@ -10,8 +10,10 @@ without boxes are always used for captioning.
 
 Images become either fixed-resolution `images` (an image converter, e.g.
 `SigLIP2ImageConverter`) or NaFlex inputs with one sequence length per
-batch, drawn from `sequence_lengths` by `(seed, batch index)`, so every
-batch has one static shape.
+batch, chosen from `sequence_lengths` by a hash of `(seed, batch index)`
+(`batch_sequence_lengths` gives them in numpy), so every batch has one
+static shape. `split_longest_batches` halves the batches of the longest
+length into two steps.
 """
 
 import numpy as np
@@ -95,13 +97,7 @@ def training_batches(
     def vision(index, image):
         if image_converter is not None:
             return {"images": image_converter(image)}
-        batch_index = index // batch_size
-        which = tf.random.stateless_uniform(
-            (),
-            _draw(seed, batch_index, 1),
-            maxval=len(lengths),
-            dtype=tf.int64,
-        )
+        which = _length_choice(tf, seed, index // batch_size, len(lengths))
         branches = [
             (
                 lambda length=length: naflex_preprocess(
@@ -169,16 +165,88 @@ def training_batches(
 
 
 def batch_sequence_lengths(
-    num_batches: int, sequence_lengths, seed: int = 0
+    num_batches: int, sequence_lengths, seed: int = 0, start: int = 0
 ) -> np.ndarray:
-    """The NaFlex length `training_batches` draws for each batch index."""
-    lengths = [int(length) for length in sequence_lengths]
-    draws = [
-        int(
-            tf.random.stateless_uniform(
-                (), _draw(seed, b, 1), maxval=len(lengths), dtype=tf.int64
+    """The NaFlex length `training_batches` draws for each batch index.
+
+    Args:
+        num_batches: int. How many batches.
+        sequence_lengths: the lengths `training_batches` draws from.
+        seed: int. Its `seed`.
+        start: int. First batch index (`start_index // batch_size`).
+
+    Returns:
+        int `(num_batches,)`: the lengths of batches `start, start + 1,
+        ...`.
+    """
+    lengths = np.array([int(length) for length in sequence_lengths])
+    indices = np.arange(start, start + max(num_batches, 0), dtype=np.int64)
+    return lengths[_length_choice(np, seed, indices, len(lengths))]
+
+
+_MASK32 = 0xFFFFFFFF
+
+
+def _hash32(xp, x):
+    """A 32-bit integer mixer (two multiply-xorshift rounds) on int64
+    values in [0, 2**32), with numpy (`xp is np`) or TensorFlow."""
+    for _ in range(2):
+        x = (_xor(xp, _shift(xp, x, 16), x) * 0x45D9F3B) & _MASK32
+    return _xor(xp, _shift(xp, x, 16), x)
+
+
+def _shift(xp, x, bits):
+    return x >> bits if xp is np else tf.bitwise.right_shift(x, bits)
+
+
+def _xor(xp, a, b):
+    return a ^ b if xp is np else tf.bitwise.bitwise_xor(a, b)
+
+
+def _length_choice(xp, seed, batch_index, count):
+    """Which of `count` NaFlex lengths batch `batch_index` uses: a pure
+    hash of `(seed, batch_index)`, identical in numpy and TensorFlow, so
+    the recipe can plan (and resume) a whole NaFlex stage in numpy."""
+    mixed_seed = int(_hash32(np, np.int64(int(seed) & _MASK32)))
+    if xp is np:
+        index = np.asarray(batch_index, np.int64)
+    else:
+        index = tf.cast(batch_index, tf.int64)
+    value = _hash32(xp, (index + mixed_seed) & _MASK32)
+    return value % count
+
+
+def split_longest_batches(
+    batches: tf.data.Dataset, longest_length: int
+) -> tf.data.Dataset:
+    """Halves the batch and doubles the steps at the longest NaFlex length.
+
+    The paper (Sec. 2.4.2) halves the batch size and doubles the training
+    steps at the largest sequence length to fit memory. Here each batch
+    whose `patches` have `longest_length` tokens becomes two consecutive
+    half batches (its first and second halves, same examples, same
+    order), each one optimizer step; other batches pass unchanged. Every
+    length thus still sees the same share of examples.
+
+    Args:
+        batches: NaFlex batches from `training_batches` (even batch size).
+        longest_length: int. The length whose batches are split.
+
+    Returns:
+        `tf.data.Dataset` with an unknown (None) batch dimension.
+    """
+
+    def split(batch):
+        length = tf.shape(batch["patches"], out_type=tf.int64)[1]
+        parts = tf.where(length == longest_length, 2, 1)
+        parts = tf.cast(parts, tf.int64)
+        size = tf.shape(batch["token_ids"], out_type=tf.int64)[0] // parts
+
+        def part(i):
+            return tf.nest.map_structure(
+                lambda x: x[i * size : (i + 1) * size], batch
             )
-        )
-        for b in range(num_batches)
-    ]
-    return np.array([lengths[d] for d in draws])
+
+        return tf.data.Dataset.range(parts).map(part)
+
+    return batches.flat_map(split)
