@@ -3,13 +3,17 @@
 A checkpoint is a directory `step_{step:09d}` holding `weights.npz`
 (every model variable by path), `optimizer.npz` (the optimizer's
 iteration count and per-variable slots, by variable path) and
-`state.json` (step, stage, examples seen, seed and any other JSON state).
-It is written to a hidden temporary directory, fsynced and renamed into
-place, and `LATEST` is replaced atomically afterwards, so a process killed
-at any moment leaves either the previous or the new checkpoint, never a
-partial one. Arrays are read with `allow_pickle=False`.
+`state.json` (step, stage, examples seen, seed and any other JSON state)
+and `manifest.json` (size and SHA-256 of the three). It is written to a
+hidden temporary directory, fsynced and renamed into place, and `LATEST`
+is replaced atomically afterwards, so a process killed at any moment (or
+a write failing, e.g. on a full disk) leaves either the previous or the
+new checkpoint, never a partial one; reading verifies the manifest, so a
+file damaged later never loads as valid. Arrays are read with
+`allow_pickle=False`.
 """
 
+import hashlib
 import json
 import os
 import shutil
@@ -21,6 +25,29 @@ import numpy as np
 
 _SLOTS = ("_momentums", "_velocities", "_velocity_hats")
 _LATEST = "LATEST"
+_MANIFEST = "manifest.json"
+_FILES = ("weights.npz", "optimizer.npz", "state.json")
+
+
+def _digest(path: Path) -> dict:
+    sha = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            sha.update(chunk)
+    return {"bytes": path.stat().st_size, "sha256": sha.hexdigest()}
+
+
+def _fsync_directory(path: Path):
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def _unique_paths(variables) -> dict[str, object]:
@@ -138,15 +165,30 @@ def save_checkpoint(
             json.dump(state, f)
             f.flush()
             os.fsync(f.fileno())
+        manifest = {name: _digest(tmp / name) for name in _FILES}
+        with open(tmp / _MANIFEST, "w") as f:
+            json.dump(manifest, f)
+            f.flush()
+            os.fsync(f.fileno())
+        _fsync_directory(tmp)
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
+        _fsync_directory(directory)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     latest_tmp = directory / f".{_LATEST}.tmp"
-    latest_tmp.write_text(final.name)
-    os.replace(latest_tmp, directory / _LATEST)
+    try:
+        with open(latest_tmp, "w") as f:
+            f.write(final.name)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(latest_tmp, directory / _LATEST)
+        _fsync_directory(directory)
+    except BaseException:
+        latest_tmp.unlink(missing_ok=True)
+        raise
     checkpoints = sorted(directory.glob("step_*"))
     for old in checkpoints[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
@@ -159,9 +201,32 @@ def latest_checkpoint(directory) -> Path | None:
     if not marker.exists():
         return None
     path = Path(directory) / marker.read_text().strip()
-    if not (path / "state.json").exists():
-        raise ValueError(f"{marker} points to a missing checkpoint {path}.")
+    if not (path / _MANIFEST).exists():
+        raise ValueError(
+            f"{marker} points to a missing or incomplete checkpoint {path}."
+        )
     return path
+
+
+def verify_checkpoint(path) -> None:
+    """Raises `ValueError` unless every file matches the manifest."""
+    path = Path(path)
+    try:
+        with open(path / _MANIFEST) as f:
+            manifest = json.load(f)
+    except (OSError, ValueError) as e:
+        raise ValueError(
+            f"{path}: missing or corrupt checkpoint manifest ({e})."
+        ) from None
+    if not isinstance(manifest, dict) or set(manifest) != set(_FILES):
+        raise ValueError(f"{path}: corrupt checkpoint manifest.")
+    for name in _FILES:
+        file = path / name
+        if not file.exists() or _digest(file) != manifest[name]:
+            raise ValueError(
+                f"{path / name}: corrupt checkpoint file (size or SHA-256 "
+                "differs from the manifest)."
+            )
 
 
 def _load_npz(path: Path) -> dict[str, np.ndarray]:
@@ -173,8 +238,13 @@ def _load_npz(path: Path) -> dict[str, np.ndarray]:
 
 
 def read_checkpoint(path) -> tuple[dict, dict, dict]:
-    """Reads `(state, weights, optimizer_state)` of a checkpoint."""
+    """Reads `(state, weights, optimizer_state)` of a checkpoint.
+
+    Raises:
+        ValueError: if a file is missing or differs from the manifest.
+    """
     path = Path(path)
+    verify_checkpoint(path)
     with open(path / "state.json") as f:
         state = json.load(f)
     return (

@@ -17,13 +17,19 @@ def ema(teacher, student, momentum):
     Args:
         teacher: float tensor.
         student: float tensor of the same shape.
-        momentum: float or float scalar tensor in [0, 1].
+        momentum: float or float scalar tensor in [0, 1] (e.g. from
+            `stage_b.ema_momentum_at`).
 
     Returns:
-        The updated teacher value, in the teacher's dtype.
+        The updated teacher value, computed in float32 and cast to the
+        teacher's dtype.
     """
-    student = ops.cast(ops.stop_gradient(student), teacher.dtype)
-    return momentum * teacher + (1.0 - momentum) * student
+    student = ops.cast(ops.stop_gradient(student), "float32")
+    momentum = ops.cast(momentum, "float32")
+    updated = momentum * ops.cast(teacher, "float32") + (1.0 - momentum) * (
+        student
+    )
+    return ops.cast(updated, teacher.dtype)
 
 
 def frozen_copy(layer: keras.layers.Layer, name: str, input_shape):

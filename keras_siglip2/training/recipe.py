@@ -5,21 +5,30 @@ by fraction of the total examples, as in the paper:
 
 - Stage A (from 0): sigmoid image-text loss + LocCa decoder;
 - Stage B (from 80%): + local-to-global self-distillation and masked
-  prediction with an EMA teacher (copied from the student at the switch);
+  prediction with an EMA teacher (copied from the student at the switch;
+  DINO's schedules: teacher temperature warmed up 0.04 -> 0.07 over the
+  first 30% of the self-distillation steps, EMA momentum 0.996 -> 1.0 by
+  a cosine over all of them);
 - Stage C: fixed-resolution runs switch resolution (and optionally patch
-  size) at 95% and continue with the Stage A losses (the paper keeps the
-  self-distillation losses too; not yet here); NaFlex runs switch at 90% to
+  size, PI-resize) at 95% and continue with all losses: the EMA teacher
+  is resized exactly like the student. NaFlex runs switch at 90% to
   NaFlex inputs, one sequence length per batch, with the remaining
-  schedule stretched x3.75 and without self-distillation;
+  schedule stretched x3.75, each batch of the longest length trained as
+  two half-batch steps (the paper's "half batch, double steps"; the
+  cosine learning rate ends with the stage), and without
+  self-distillation;
 - Stage D (optional): ACID distillation from a teacher backbone, at
-  learning rate 1e-5 without weight decay.
+  learning rate 1e-5 without weight decay (fixed-resolution inputs, also
+  after a NaFlex Stage C: both forms share the weights).
 
-Every `checkpoint_every` steps an atomic checkpoint stores the model,
-optimizer, step, stage and data position (the data pipeline is a pure
+Every `checkpoint_every` steps an atomic checkpoint stores the model
+(with the EMA teacher, its centres and the masking RNG state), optimizer,
+step, stage, data position and the config (the data pipeline is a pure
 function of the example index, and every random choice of the model is
-re-seeded per stage), so a run killed at any point resumes to the same
-final weights as an uninterrupted one. Stage switches go through a
-checkpoint, so resuming and switching are the same code path.
+seeded), so a run killed at any point resumes to the same final weights
+as an uninterrupted one; a checkpoint of another config is refused.
+Stage switches go through a checkpoint, so resuming and switching are the
+same code path.
 """
 
 import dataclasses
@@ -28,13 +37,17 @@ import math
 from collections.abc import Callable
 
 import keras
+import numpy as np
 
 from keras_siglip2.data.augment import add_self_distillation_views
 from keras_siglip2.data.locca import LocCaVocabulary
+from keras_siglip2.data.pipeline import batch_sequence_lengths
+from keras_siglip2.data.pipeline import split_longest_batches
 from keras_siglip2.data.pipeline import training_batches
 from keras_siglip2.models.backbone import SigLIP2Backbone
 from keras_siglip2.models.image_converter import SigLIP2ImageConverter
 from keras_siglip2.models.locca_decoder import locca_decoder_for
+from keras_siglip2.models.resolution import pi_resize_patch_kernel
 from keras_siglip2.models.resolution import with_image_size
 from keras_siglip2.models.resolution import with_patch_size
 from keras_siglip2.training import checkpoint as ckpt
@@ -42,6 +55,10 @@ from keras_siglip2.training.optimizer import siglip2_optimizer
 from keras_siglip2.training.stage_a import StageAModel
 from keras_siglip2.training.stage_b import StageBModel
 from keras_siglip2.training.stage_b import self_distillation_weights
+from keras_siglip2.training.stage_d import StageDModel
+from keras_siglip2.training.stage_d import check_teacher
+from keras_siglip2.training.stage_d import num_kept
+from keras_siglip2.training.stage_d import stage_d_optimizer
 
 NAFLEX_SEQUENCE_LENGTHS = (128, 256, 576, 784, 1024)
 
@@ -75,6 +92,9 @@ class RecipeConfig:
         naflex_sequence_lengths: NaFlex lengths, one drawn per batch.
         naflex_stretch: stretch of the remaining schedule in NaFlex
             Stage C (3.75).
+        naflex_half_batch_at_longest: in NaFlex Stage C, train each batch
+            of the longest length as two half-batch steps (paper: "halve
+            the batch size and double the steps" at the largest length).
         distillation_examples: examples of Stage D (0: no Stage D).
         distillation_learning_rate: Stage D learning rate (1e-5).
         filter_ratio: fraction of each super-batch discarded in Stage D
@@ -83,7 +103,22 @@ class RecipeConfig:
         super_batch_factor: super-batch size over batch size in Stage D.
         size: model size, for the self-distillation loss weights
             (`self_distillation_weights`).
-        ema_momentum: EMA teacher momentum in Stage B.
+        ema_momentum: EMA teacher momentum at the start of
+            self-distillation (DINO: 0.996).
+        final_ema_momentum: momentum at its end, reached by DINO's cosine
+            schedule over the self-distillation steps (1.0).
+        mask_ratio: fraction of patches masked for masked prediction
+            (TIPS: 0.5).
+        student_temperature: self-distillation student temperature
+            (DINO/iBOT: 0.1).
+        teacher_temperature: teacher temperature after the warm-up
+            (DINO/iBOT: 0.07).
+        warmup_teacher_temperature: teacher temperature at the switch
+            (DINO/iBOT: 0.04), raised linearly to `teacher_temperature`.
+        teacher_temperature_warmup_fraction: warm-up length as a
+            fraction of the self-distillation steps (DINO: 30 of 100
+            epochs, 0.3).
+        center_momentum: momentum of the teacher centres (DINO: 0.9).
         num_local_crops: local crops per image in Stage B (8).
         local_crop_size: side of the local crops (None: half the image).
         head_hidden_dim, head_bottleneck_dim, num_prototypes,
@@ -113,12 +148,20 @@ class RecipeConfig:
     stage_c_patch_size: int | None = None
     naflex_sequence_lengths: tuple = NAFLEX_SEQUENCE_LENGTHS
     naflex_stretch: float = 3.75
+    naflex_half_batch_at_longest: bool = True
     distillation_examples: int = 0
     distillation_learning_rate: float = 1e-5
     filter_ratio: float = 0.5
     super_batch_factor: int = 2
     size: str = "base"
     ema_momentum: float = 0.996
+    final_ema_momentum: float = 1.0
+    mask_ratio: float = 0.5
+    student_temperature: float = 0.1
+    teacher_temperature: float = 0.07
+    warmup_teacher_temperature: float = 0.04
+    teacher_temperature_warmup_fraction: float = 0.3
+    center_momentum: float = 0.9
     num_local_crops: int = 8
     local_crop_size: int | None = None
     head_hidden_dim: int = 2048
@@ -138,6 +181,16 @@ class RecipeConfig:
             raise ValueError(
                 f"`checkpoint_every` must be >= 1; got {self.checkpoint_every}."
             )
+        for name in (
+            "self_distillation_start",
+            "resolution_change_start",
+            "naflex_start",
+        ):
+            value = getattr(self, name)
+            if not 0 < value <= 1:
+                raise ValueError(
+                    f"Stage fractions must be in (0, 1]; got {name}={value}."
+                )
         starts = (
             self.self_distillation_start,
             self.naflex_start if self.naflex else self.resolution_change_start,
@@ -147,6 +200,48 @@ class RecipeConfig:
                 "Stage fractions must satisfy 0 < self_distillation_start <= "
                 f"stage C start <= 1; got {starts}."
             )
+        for name in (
+            "warmup_fraction",
+            "teacher_temperature_warmup_fraction",
+            "ema_momentum",
+            "final_ema_momentum",
+            "mask_ratio",
+            "center_momentum",
+        ):
+            value = getattr(self, name)
+            if not 0 <= value <= 1:
+                raise ValueError(f"`{name}` must be in [0, 1]; got {value}.")
+        if not 0 <= self.filter_ratio < 1:
+            raise ValueError(
+                f"`filter_ratio` must be in [0, 1); got {self.filter_ratio}."
+            )
+        if self.super_batch_factor < 1 or self.distillation_examples < 0:
+            raise ValueError(
+                "Need super_batch_factor >= 1 and distillation_examples >= "
+                f"0; got {self.super_batch_factor} and "
+                f"{self.distillation_examples}."
+            )
+        if self.naflex_stretch < 1:
+            raise ValueError(
+                f"`naflex_stretch` must be >= 1; got {self.naflex_stretch}."
+            )
+        lengths = tuple(self.naflex_sequence_lengths)
+        if not lengths or any(int(n) != n or n < 1 for n in lengths):
+            raise ValueError(
+                "`naflex_sequence_lengths` must be positive ints; got "
+                f"{lengths}."
+            )
+        if (
+            self.naflex
+            and self.naflex_half_batch_at_longest
+            and self.batch_size % 2
+        ):
+            raise ValueError(
+                "Halving the batch at the longest NaFlex length needs an "
+                f"even batch_size; got {self.batch_size}."
+            )
+        # Raises for an unknown size.
+        self_distillation_weights(self.size)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -158,11 +253,45 @@ class StagePlan:
     end_step: int
 
 
+def naflex_step_sizes(
+    c: RecipeConfig, start_step: int, num_steps: int
+) -> np.ndarray:
+    """Examples per optimizer step of a NaFlex Stage C from `start_step`.
+
+    Logical batches keep their index in the example stream (batch `b`
+    holds examples `b * batch_size ...`, its length from
+    `batch_sequence_lengths`); with `naflex_half_batch_at_longest`, each
+    batch of the longest length is trained as two half-batch steps.
+
+    Args:
+        c: the config.
+        start_step: first step of Stage C (every earlier step took a full
+            batch, so logical batch `start_step` comes first).
+        num_steps: how many steps.
+
+    Returns:
+        int `(num_steps,)`: `batch_size` or `batch_size // 2` per step.
+    """
+    lengths = batch_sequence_lengths(
+        num_steps, c.naflex_sequence_lengths, seed=c.seed, start=start_step
+    )
+    full = np.full(num_steps, c.batch_size, np.int64)
+    if not c.naflex_half_batch_at_longest:
+        return full
+    split = lengths == max(c.naflex_sequence_lengths)
+    repeats = np.where(split, 2, 1)
+    sizes = np.repeat(np.where(split, c.batch_size // 2, full), repeats)
+    return sizes[:num_steps]
+
+
 def stage_plan(c: RecipeConfig) -> list[StagePlan]:
     """Stage boundaries (steps) in whole checkpoint segments.
 
     Each stage whose fraction is below the next stage's gets at least
-    one segment, so tiny runs still pass through every stage.
+    one segment, so tiny runs still pass through every stage. A NaFlex
+    Stage C covers `naflex_stretch` times the remaining batches, plus one
+    step per batch of the longest length (trained as two half batches),
+    rounded up to whole segments.
     """
     every = c.checkpoint_every
     segments = max(1, c.total_examples // c.batch_size // every)
@@ -175,26 +304,28 @@ def stage_plan(c: RecipeConfig) -> list[StagePlan]:
         b_segment = min(b_segment, c_segment - 1)
     b_segment = max(b_segment, 1)
     c_segment = max(c_segment, b_segment)
-    end_segment = segments
+    c_start = c_segment * every
+    c_end = segments * every
     if c.naflex:
-        end_segment = c_segment + max(
-            1, round((segments - c_segment) * c.naflex_stretch)
+        batches = max(
+            1, round((segments - c_segment) * every * c.naflex_stretch)
         )
+        steps = batches
+        if c.naflex_half_batch_at_longest:
+            lengths = batch_sequence_lengths(
+                batches, c.naflex_sequence_lengths, seed=c.seed, start=c_start
+            )
+            steps += int(np.sum(lengths == max(c.naflex_sequence_lengths)))
+        c_end = c_start + math.ceil(steps / every) * every
     stages = [
         StagePlan("A", 0, b_segment * every),
-        StagePlan("B", b_segment * every, c_segment * every),
-        StagePlan("C", c_segment * every, end_segment * every),
+        StagePlan("B", b_segment * every, c_start),
+        StagePlan("C", c_start, c_end),
     ]
     if c.distillation_examples:
         super_batch = c.batch_size * c.super_batch_factor
         d_segments = max(1, c.distillation_examples // super_batch // every)
-        stages.append(
-            StagePlan(
-                "D",
-                end_segment * every,
-                (end_segment + d_segments) * every,
-            )
-        )
+        stages.append(StagePlan("D", c_end, c_end + d_segments * every))
     return [stage for stage in stages if stage.end_step > stage.start_step]
 
 
@@ -248,15 +379,23 @@ class RecipeSchedule(keras.optimizers.schedules.LearningRateSchedule):
 class SigLIP2Recipe:
     """Runs the SigLIP 2 stages in one resumable `fit`.
 
+    Every argument is checked against the config here, before any
+    training step: the backbone's resolution and patch size, the
+    tokenizer, the crop sizes of the self-distillation views and the
+    Stage D teacher.
+
     Args:
         config: a `RecipeConfig`.
-        backbone: the `SigLIP2Backbone` to train (fixed-resolution; its
-            image size should be `config.image_size`).
+        backbone: the `SigLIP2Backbone` to train (fixed-resolution, at
+            `config.image_size`).
         tokenizer: text tokenizer layer (strings -> fixed-length ids).
         examples: `examples(start)` returns a `tf.data.Dataset` of
             reader-schema examples starting at example index `start`
             (e.g. `lambda start: generated_dataset(start=start)`).
-        teacher: optional frozen `SigLIP2Backbone` for Stage D.
+        teacher: frozen `SigLIP2Backbone` for Stage D (any loaded one;
+            width and depth may differ from the student's, as with the
+            paper's So400m teacher, but it must read the same token ids
+            and take fixed-resolution images).
     """
 
     def __init__(
@@ -267,21 +406,46 @@ class SigLIP2Recipe:
         examples: Callable,
         teacher: SigLIP2Backbone | None = None,
     ):
+        if not isinstance(backbone, SigLIP2Backbone):
+            raise TypeError(
+                "`backbone` must be a `SigLIP2Backbone`; got "
+                f"{type(backbone).__name__}."
+            )
         if backbone.naflex:
             raise ValueError(
                 "The recipe starts from a fixed-resolution backbone; NaFlex "
                 "inputs are used from Stage C on."
             )
-        if config.distillation_examples and teacher is None:
-            raise ValueError("Stage D needs a `teacher` backbone.")
         self.config = config
         self.tokenizer = tokenizer
         self.examples = examples
         self.teacher = teacher
+        self.plan = stage_plan(config)
+        self._check_inputs(backbone, tokenizer, teacher)
         self.vocabulary = LocCaVocabulary(
             tokenizer.vocabulary_size(), config.num_location_bins
         )
         self._initial_backbone = backbone
+        names = [stage.name for stage in self.plan]
+        # Fixed-resolution Stage C keeps the self-distillation losses.
+        self._c_distills = "B" in names and not config.naflex
+        # Self-distillation runs from Stage B to the end of Stage B, or of
+        # Stage C where it keeps the losses; its schedules span that.
+        bounds = [
+            (s.start_step, s.end_step)
+            for s in self.plan
+            if s.name == "B" or (s.name == "C" and self._c_distills)
+        ]
+        self._distillation_start = bounds[0][0] if bounds else 0
+        self._distillation_steps = bounds[-1][1] - bounds[0][0] if bounds else 0
+        c_stage = next((s for s in self.plan if s.name == "C"), None)
+        self._c_step_sizes = None
+        if config.naflex and c_stage is not None:
+            self._c_step_sizes = naflex_step_sizes(
+                config,
+                c_stage.start_step,
+                c_stage.end_step - c_stage.start_step,
+            )
         # Every layer the stages add is created now, in a fixed order, so a
         # resumed process (same script, same seed) builds identical ones.
         # (Re-seeding later with `keras.utils.set_random_seed` would also
@@ -289,27 +453,56 @@ class SigLIP2Recipe:
         self.decoder = locca_decoder_for(
             backbone, self.vocabulary.size, config.decoder_length
         )
-        self.plan = stage_plan(config)
-        b_stage = [s for s in self.plan if s.name == "B"]
-        global_weight, masked_weight = self_distillation_weights(config.size)
         self.stage_b_model = (
-            StageBModel(
-                backbone,
-                self.decoder,
-                decoder_loss_weight=config.decoder_loss_weight,
-                local_to_global_weight=global_weight,
-                masked_prediction_weight=masked_weight,
-                ema_momentum=config.ema_momentum,
-                head_hidden_dim=config.head_hidden_dim,
-                head_bottleneck_dim=config.head_bottleneck_dim,
-                num_prototypes=config.num_prototypes,
-                num_patch_prototypes=config.num_patch_prototypes,
-                distillation_start_step=b_stage[0].start_step,
-                seed=config.seed,
-            )
-            if b_stage
-            else None
+            self._stage_b_model(backbone) if "B" in names else None
         )
+
+    def _check_inputs(self, backbone, tokenizer, teacher):
+        c = self.config
+        encoder = backbone.vision_encoder
+        if encoder.image_size != c.image_size:
+            raise ValueError(
+                f"The backbone takes {encoder.image_size}-px images but "
+                f"`config.image_size` is {c.image_size}."
+            )
+        text = backbone.text_encoder
+        if tokenizer.vocabulary_size() > text.vocabulary_size:
+            raise ValueError(
+                f"The tokenizer has {tokenizer.vocabulary_size()} tokens; "
+                f"the text encoder embeds only {text.vocabulary_size}."
+            )
+        length = getattr(tokenizer, "sequence_length", None)
+        if length is not None and length != text.max_sequence_length:
+            raise ValueError(
+                f"The tokenizer makes {length}-token texts; the text "
+                f"encoder takes {text.max_sequence_length}."
+            )
+        patch = encoder.patch_size
+        c_patch = c.stage_c_patch_size or patch
+        c_size = c.stage_c_image_size or c.image_size
+        if c_size < c_patch:
+            raise ValueError(
+                f"Stage C images of {c_size} px are smaller than its "
+                f"{c_patch}-px patches."
+            )
+        names = [stage.name for stage in self.plan]
+        if "B" in names:
+            crop_sizes = [(c.local_crop_size or c.image_size // 2, patch)]
+            if not c.naflex:
+                crop_sizes.append((c.local_crop_size or c_size // 2, c_patch))
+            for size, p in crop_sizes:
+                if size < p or size % p:
+                    raise ValueError(
+                        f"Local crops of {size} px are not a whole number "
+                        f"of {p}-px patches; set `local_crop_size`."
+                    )
+        if "D" in names:
+            if teacher is None:
+                raise ValueError("Stage D needs a `teacher` backbone.")
+            check_teacher(backbone, teacher)
+            kept = num_kept(c.batch_size * c.super_batch_factor, c.filter_ratio)
+            if kept < 1:
+                raise ValueError("Stage D would keep no example.")
 
     # --- Planning -----------------------------------------------------
 
@@ -328,7 +521,11 @@ class SigLIP2Recipe:
         count = 0
         for stage in self.plan:
             done = min(step, stage.end_step) - stage.start_step
-            if done > 0:
+            if done <= 0:
+                continue
+            if stage.name == "C" and self._c_step_sizes is not None:
+                count += int(self._c_step_sizes[:done].sum())
+            else:
                 count += done * self._stage_batch_size(stage)
         return count
 
@@ -342,25 +539,27 @@ class SigLIP2Recipe:
     def _schedule(self) -> RecipeSchedule:
         c = self.config
         steps = c.total_examples // c.batch_size
-        c_start = next(
-            (s.start_step for s in self.plan if s.name == "C"), steps
-        )
+        c_stage = next((s for s in self.plan if s.name == "C"), None)
+        c_start = steps if c_stage is None else c_stage.start_step
+        stretch = 1.0
+        if c.naflex and c_stage is not None and steps > c_start:
+            # The cosine ends with Stage C, half-batch steps included.
+            stretch = (c_stage.end_step - c_start) / (steps - c_start)
         return RecipeSchedule(
             c.learning_rate,
             total_steps=steps,
             warmup_steps=int(steps * c.warmup_fraction),
             stretch_from=c_start,
-            stretch=c.naflex_stretch if c.naflex else 1.0,
+            stretch=stretch,
         )
 
     def _optimizer(self, stage: StagePlan):
         c = self.config
         if stage.name == "D":
-            return siglip2_optimizer(
+            return stage_d_optimizer(
                 total_steps=max(2, stage.end_step - stage.start_step),
                 learning_rate=c.distillation_learning_rate,
                 warmup_steps=0,
-                weight_decay=0.0,
                 beta_1=c.beta_1,
                 beta_2=c.beta_2,
                 global_clipnorm=c.global_clipnorm,
@@ -375,6 +574,50 @@ class SigLIP2Recipe:
             schedule=self._schedule(),
         )
 
+    def _stage_b_model(self, backbone: SigLIP2Backbone) -> StageBModel:
+        c = self.config
+        global_weight, masked_weight = self_distillation_weights(c.size)
+        steps = self._distillation_steps
+        return StageBModel(
+            backbone,
+            self.decoder,
+            decoder_loss_weight=c.decoder_loss_weight,
+            local_to_global_weight=global_weight,
+            masked_prediction_weight=masked_weight,
+            ema_momentum=c.ema_momentum,
+            final_ema_momentum=c.final_ema_momentum,
+            ema_momentum_steps=steps,
+            mask_ratio=c.mask_ratio,
+            head_hidden_dim=c.head_hidden_dim,
+            head_bottleneck_dim=c.head_bottleneck_dim,
+            num_prototypes=c.num_prototypes,
+            num_patch_prototypes=c.num_patch_prototypes,
+            student_temperature=c.student_temperature,
+            teacher_temperature=c.teacher_temperature,
+            warmup_teacher_temperature=c.warmup_teacher_temperature,
+            teacher_temperature_warmup_steps=round(
+                steps * c.teacher_temperature_warmup_fraction
+            ),
+            center_momentum=c.center_momentum,
+            distillation_start_step=self._distillation_start,
+            seed=c.seed,
+            # One name: checkpoints address variables by path.
+            name="stage_b",
+        )
+
+    def _stage_a_model(self, backbone: SigLIP2Backbone) -> StageAModel:
+        return StageAModel(
+            backbone,
+            self.decoder,
+            decoder_loss_weight=self.config.decoder_loss_weight,
+        )
+
+    def _resized(self) -> bool:
+        c = self.config
+        return not c.naflex and bool(
+            c.stage_c_image_size or c.stage_c_patch_size
+        )
+
     def _resize(self, backbone: SigLIP2Backbone) -> SigLIP2Backbone:
         c = self.config
         if c.stage_c_patch_size is not None:
@@ -383,25 +626,31 @@ class SigLIP2Recipe:
             )
         return with_image_size(backbone, c.stage_c_image_size)
 
-    def _model(self, stage: StagePlan, backbone: SigLIP2Backbone):
-        if stage.name == "B":
-            return self.stage_b_model
-        if stage.name == "D":
-            from keras_siglip2.training.stage_d import StageDModel
-
-            return StageDModel(
-                backbone, self.teacher, filter_ratio=self.config.filter_ratio
-            )
-        return StageAModel(
-            backbone,
-            self.decoder,
-            decoder_loss_weight=self.config.decoder_loss_weight,
+    def _naflex_backbone(self) -> SigLIP2Backbone:
+        """The NaFlex form of the initial backbone (same encoders)."""
+        backbone = self._initial_backbone
+        config = backbone.get_config()
+        return SigLIP2Backbone(
+            backbone.vision_encoder,
+            backbone.text_encoder,
+            logit_scale_init=config["logit_scale_init"],
+            logit_bias_init=config["logit_bias_init"],
+            naflex=True,
+            dtype=config["dtype"],
         )
 
     def _dataset(self, stage: StagePlan, backbone, step: int):
         c = self.config
         position = self._examples_before(step)
         batch_size = self._stage_batch_size(stage)
+        skip = 0
+        naflex = stage.name == "C" and c.naflex
+        if naflex:
+            # Start at the logical batch holding `position` (its length
+            # depends on its index); skip its first half if done.
+            offset = position % batch_size
+            position -= offset
+            skip = 1 if offset else 0
         common = dict(
             tokenizer=self.tokenizer,
             batch_size=batch_size,
@@ -413,7 +662,7 @@ class SigLIP2Recipe:
         else:
             common["decoder_vocabulary"] = self.vocabulary
             common["decoder_length"] = c.decoder_length
-        if stage.name == "C" and c.naflex:
+        if naflex:
             image_kwargs = dict(
                 naflex_patch_size=backbone.vision_encoder.patch_size,
                 sequence_lengths=c.naflex_sequence_lengths,
@@ -428,7 +677,11 @@ class SigLIP2Recipe:
         data = training_batches(
             self.examples(position), **common, **image_kwargs
         )
-        if stage.name == "B":
+        if naflex and c.naflex_half_batch_at_longest:
+            data = split_longest_batches(
+                data, max(c.naflex_sequence_lengths)
+            ).skip(skip)
+        if stage.name == "B" or (stage.name == "C" and self._c_distills):
             size = backbone.vision_encoder.image_size
             data = add_self_distillation_views(
                 data,
@@ -454,7 +707,7 @@ class SigLIP2Recipe:
 
         Args:
             checkpoint_dir: where checkpoints go; an existing checkpoint
-                there is resumed.
+                there is resumed (it must come from the same config).
             callbacks: extra Keras callbacks for every stage.
             verbose: Keras `fit` verbosity.
             stop_after_steps: stop once this global step is reached (for
@@ -469,8 +722,13 @@ class SigLIP2Recipe:
                 recipe itself draws no random numbers for it.
 
         Returns:
-            dict with the per-stage Keras histories and the final
+            dict with `"histories"` (per stage name, the Keras history
+            lists of the steps this call ran) and the final
             `SigLIP2Backbone` under `"backbone"`.
+
+        Raises:
+            ValueError: if the checkpoint in `checkpoint_dir` was written
+                with another config, or is corrupt.
         """
         histories = {}
         backbone = None
@@ -480,6 +738,7 @@ class SigLIP2Recipe:
                 state, weights, optimizer_state = {"step": 0}, None, None
             else:
                 state, weights, optimizer_state = ckpt.read_checkpoint(latest)
+                self._check_checkpoint(state, latest)
             step = state["step"]
             stage = self.stage_at(step)
             if stage is None or (
@@ -508,7 +767,7 @@ class SigLIP2Recipe:
                 end = min(end, stop_after_steps)
             every = self.config.checkpoint_every
             saver = _CheckpointCallback(
-                self, checkpoint_dir, model, optimizer, stage
+                self, checkpoint_dir, _saved_model(model), optimizer, stage
             )
             history = model.fit(
                 self._dataset(stage, backbone, step),
@@ -524,36 +783,167 @@ class SigLIP2Recipe:
             if on_stage_end is not None and end == stage.end_step:
                 on_stage_end(stage.name, backbone)
         if backbone is None:
-            stage = self.plan[-1]
-            backbone, _ = self._restore(stage, state, weights)
+            last = self.stage_at(state["step"] - 1) or self.plan[0]
+            backbone, _ = self._restore(last, state, weights)
         return {"histories": histories, "backbone": backbone}
 
-    def _restore(self, stage: StagePlan, state: dict, weights):
-        """Builds the stage's model and loads the checkpoint into it."""
-        c = self.config
-        saved_stage = state.get("stage")
-        backbone = self._initial_backbone
-        needs_resize = (
-            stage.name in ("C", "D")
-            and not c.naflex
-            and (c.stage_c_image_size or c.stage_c_patch_size)
-        )
-        if needs_resize and saved_stage in ("C", "D"):
-            backbone = self._resize(backbone)
-        model = self._model(stage, backbone)
-        if weights is not None:
-            if needs_resize and saved_stage not in ("C", "D"):
-                # Load the pre-resolution-change weights, then resize.
-                ckpt.assign_weights(
-                    self._model(self.plan[0], backbone), weights, strict=False
+    def config_json(self) -> dict:
+        """The config as stored in checkpoints (JSON types)."""
+        return json.loads(json.dumps(dataclasses.asdict(self.config)))
+
+    def _check_checkpoint(self, state: dict, path):
+        saved = state.get("config")
+        current = self.config_json()
+        if saved != current:
+            if not isinstance(saved, dict):
+                raise ValueError(
+                    f"Checkpoint {path} holds no recipe config; it was not "
+                    "written by `SigLIP2Recipe.fit`."
                 )
-                backbone = self._resize(backbone)
-                model = self._model(stage, backbone)
-            else:
-                ckpt.assign_weights(
-                    model, weights, strict=saved_stage == stage.name
+            keys = sorted(
+                key
+                for key in set(saved) | set(current)
+                if saved.get(key) != current.get(key)
+            )
+            detail = ", ".join(
+                f"{k}: {saved.get(k)!r} (checkpoint) vs "
+                f"{current.get(k)!r} (now)"
+                for k in keys
+            )
+            raise ValueError(
+                f"Checkpoint {path} was written by a run with another "
+                f"config; resume with the same config or use a new "
+                f"directory. Differences: {detail}."
+            )
+
+    def _restore(self, stage: StagePlan, state: dict, weights):
+        """Builds the stage's model and loads the checkpoint into it.
+
+        Returns:
+            `(backbone, model)`: the stage's student backbone and model.
+        """
+        c = self.config
+        saved = state.get("stage")
+        same = saved == stage.name
+        initial = self._initial_backbone
+        if stage.name == "A":
+            model = self._stage_a_model(initial)
+            _load(model, weights, same)
+            return initial, model
+        if stage.name == "B":
+            _load(self.stage_b_model, weights, same)
+            return initial, self.stage_b_model
+        if stage.name == "C":
+            if c.naflex:
+                backbone = self._naflex_backbone()
+                model = self._stage_a_model(backbone)
+                _load(model, weights, same)
+                return backbone, model
+            if not self._resized():
+                model = self.stage_b_model or self._stage_a_model(initial)
+                _load(model, weights, same)
+                return initial, model
+            if same:
+                backbone = self._resize(initial)
+                model = self._stage_c_model(backbone)
+                _load(model, weights, same)
+                return backbone, model
+            # Entering a resized Stage C: load the previous stage, then
+            # resize the student (and the EMA teacher the same way).
+            source = self.stage_b_model or self._stage_a_model(initial)
+            _load(source, weights, same=True)
+            backbone = self._resize(initial)
+            model = self._stage_c_model(backbone)
+            if weights is not None:
+                skipped = set(ckpt.assign_weights(model, weights, strict=False))
+                resized = {
+                    v.path
+                    for encoder in _vision_encoders(model)
+                    for v in (
+                        encoder.position_embedding.embeddings,
+                        encoder.patch_embedding.kernel,
+                    )
+                }
+                if not skipped <= resized:
+                    raise ValueError(
+                        "Checkpoint does not match the Stage C model: "
+                        f"missing {sorted(skipped - resized)}."
+                    )
+                if isinstance(model, StageBModel):
+                    resize_vision_encoder_into(
+                        self.stage_b_model.teacher_encoder,
+                        model.teacher_encoder,
+                    )
+            return backbone, model
+        # Stage D: the student in fixed-resolution form.
+        backbone = self._resize(initial) if self._resized() else initial
+        model = StageDModel(backbone, self.teacher, filter_ratio=c.filter_ratio)
+        if weights is not None:
+            skipped = ckpt.assign_weights(backbone, weights, strict=same)
+            if skipped:
+                raise ValueError(
+                    f"Checkpoint misses student weights {skipped}."
                 )
         return backbone, model
+
+    def _stage_c_model(self, backbone: SigLIP2Backbone):
+        if self._c_distills:
+            return self._stage_b_model(backbone)
+        return self._stage_a_model(backbone)
+
+
+def resize_vision_encoder_into(source, target):
+    """Copies `source`'s weights into an encoder of another resolution
+    or patch size, exactly as `with_image_size` / `with_patch_size` do:
+    antialiased-bilinear position table, PI-resized patch kernel.
+
+    Args:
+        source: a built `SigLIP2VisionEncoder`.
+        target: a built encoder with the same config but `image_size`
+            and/or `patch_size`.
+    """
+    if len(source.weights) != len(target.weights):
+        raise ValueError(
+            f"Encoders {source.name!r} and {target.name!r} differ in "
+            "architecture."
+        )
+    table = source.position_embedding.embeddings
+    kernel = source.patch_embedding.kernel
+    grid = target.grid_size
+    for src, dst in zip(source.weights, target.weights):
+        if src is table:
+            value = source.position_embedding.resize(grid, grid)
+        elif src is kernel and source.patch_size != target.patch_size:
+            value = pi_resize_patch_kernel(
+                keras.ops.convert_to_numpy(kernel), target.patch_size
+            )
+        else:
+            value = src.value
+        dst.assign(value)
+
+
+def _vision_encoders(model):
+    encoders = [model.backbone.vision_encoder]
+    if isinstance(model, StageBModel):
+        encoders.append(model.teacher_encoder)
+    return encoders
+
+
+def _load(model, weights, same: bool):
+    """Loads checkpoint weights: all of them when resuming the same stage;
+    otherwise the ones the model shares with the previous stage (new
+    variables keep their initial values)."""
+    if weights is None:
+        return
+    ckpt.assign_weights(model, weights, strict=same)
+
+
+def _saved_model(model):
+    """What a checkpoint holds: the model, or for Stage D the student
+    only (the teacher is given, frozen, and may share variable paths)."""
+    if isinstance(model, StageDModel):
+        return model.student_backbone
+    return model
 
 
 class _CheckpointCallback(keras.callbacks.Callback):
@@ -574,9 +964,7 @@ class _CheckpointCallback(keras.callbacks.Callback):
             "stage": self.stage.name,
             "examples_seen": self.recipe._examples_before(step),
             "seed": self.recipe.config.seed,
-            "config": json.loads(
-                json.dumps(dataclasses.asdict(self.recipe.config))
-            ),
+            "config": self.recipe.config_json(),
         }
         ckpt.save_checkpoint(
             self.directory, self.stage_model, self.optimizer, state

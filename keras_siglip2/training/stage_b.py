@@ -1,6 +1,8 @@
 """Stage B: Stage A plus self-distillation and masked prediction with an
 EMA teacher (SILC local-to-global consistency, TIPS masked prediction)."""
 
+import math
+
 import keras
 from keras import ops
 
@@ -41,6 +43,65 @@ def self_distillation_weights(size: str) -> tuple[float, float]:
         )
     factor = SIZE_FACTORS[key]
     return LOCAL_TO_GLOBAL_WEIGHT * factor, MASKED_PREDICTION_WEIGHT * factor
+
+
+def teacher_temperature_at(
+    step,
+    final_temperature: float,
+    warmup_temperature: float,
+    warmup_steps: int,
+):
+    """DINO's teacher temperature: linear warm-up, then constant.
+
+    `warmup + (final - warmup) * min(step / warmup_steps, 1)`, counted
+    from the first self-distillation step (DINO and iBOT: 0.04 -> 0.07
+    over their first 30 epochs).
+
+    Args:
+        step: int or int scalar tensor. Steps since self-distillation
+            started (negative values count as 0).
+        final_temperature: float. Temperature after the warm-up.
+        warmup_temperature: float. Temperature at step 0.
+        warmup_steps: int. Length of the warm-up (0: constant
+            `final_temperature`).
+
+    Returns:
+        float32 scalar tensor.
+    """
+    if warmup_steps <= 0:
+        return ops.convert_to_tensor(final_temperature, "float32")
+    progress = ops.clip(
+        ops.cast(step, "float32") / float(warmup_steps), 0.0, 1.0
+    )
+    return (
+        warmup_temperature + (final_temperature - warmup_temperature) * progress
+    )
+
+
+def ema_momentum_at(
+    step, base_momentum: float, final_momentum: float, total_steps: int
+):
+    """DINO's teacher momentum: cosine from `base` to `final`.
+
+    `final - (final - base) * (1 + cos(pi * min(step / total, 1))) / 2`
+    (DINO: 0.996 -> 1.0 over the whole training).
+
+    Args:
+        step: int or int scalar tensor. Steps since self-distillation
+            started (negative values count as 0).
+        base_momentum: float. Momentum at step 0.
+        final_momentum: float. Momentum at `total_steps`.
+        total_steps: int. Length of the schedule (0: constant
+            `base_momentum`).
+
+    Returns:
+        float32 scalar tensor.
+    """
+    if total_steps <= 0:
+        return ops.convert_to_tensor(base_momentum, "float32")
+    progress = ops.clip(ops.cast(step, "float32") / float(total_steps), 0, 1)
+    cosine = 0.5 * (1.0 + ops.cos(math.pi * progress))
+    return final_momentum - (final_momentum - base_momentum) * cosine
 
 
 def random_patch_mask(batch_size, num_patches: int, mask_ratio, seed):
@@ -231,7 +292,12 @@ class StageBModel(StageAModel):
         local_to_global_weight: float. Paper: 1.0 times the size factor
             (`self_distillation_weights`).
         masked_prediction_weight: float. Paper: 0.25 times the size factor.
-        ema_momentum: float. Teacher EMA momentum per step (DINO: 0.996).
+        ema_momentum: float. Teacher EMA momentum per step (DINO: 0.996);
+            the start of the cosine schedule if `ema_momentum_steps > 0`.
+        final_ema_momentum: float or None. End of the cosine momentum
+            schedule (DINO: 1.0); None: `ema_momentum` throughout.
+        ema_momentum_steps: int. Length of the momentum schedule in
+            steps from the switch (`ema_momentum_at`); 0: constant.
         mask_ratio: float. Fraction of student patches masked (0.5).
         head_hidden_dim: int. Projection-head MLP width (DINO: 2048).
         head_bottleneck_dim: int. Projection-head bottleneck (DINO: 256).
@@ -239,8 +305,15 @@ class StageBModel(StageAModel):
         num_patch_prototypes: int. Prototypes of the patch head (iBOT:
             8192).
         student_temperature: float (DINO/iBOT: 0.1).
-        teacher_temperature: float (0.04). Constant here; DINO and iBOT
-            warm it up linearly to 0.07 over their first epochs.
+        teacher_temperature: float. Teacher temperature after the
+            warm-up (0.04 by default; DINO/iBOT: 0.07 after warming up
+            from 0.04).
+        warmup_teacher_temperature: float or None. Teacher temperature
+            at the switch, raised linearly to `teacher_temperature` over
+            `teacher_temperature_warmup_steps` (`teacher_temperature_at`);
+            None: `teacher_temperature` throughout.
+        teacher_temperature_warmup_steps: int. Warm-up length in steps
+            from the switch (0: no warm-up).
         center_momentum: float. Momentum of both centres (0.9).
         distillation_start_step: int. Optimizer step at which the teacher
             is copied in-step (0: the first step of this model).
@@ -257,6 +330,8 @@ class StageBModel(StageAModel):
         local_to_global_weight: float = LOCAL_TO_GLOBAL_WEIGHT,
         masked_prediction_weight: float = MASKED_PREDICTION_WEIGHT,
         ema_momentum: float = 0.996,
+        final_ema_momentum: float | None = None,
+        ema_momentum_steps: int = 0,
         mask_ratio: float = 0.5,
         head_hidden_dim: int = 2048,
         head_bottleneck_dim: int = 256,
@@ -264,6 +339,8 @@ class StageBModel(StageAModel):
         num_patch_prototypes: int = 8192,
         student_temperature: float = 0.1,
         teacher_temperature: float = 0.04,
+        warmup_teacher_temperature: float | None = None,
+        teacher_temperature_warmup_steps: int = 0,
         center_momentum: float = 0.9,
         distillation_start_step: int = 0,
         seed: int | None = None,
@@ -276,16 +353,43 @@ class StageBModel(StageAModel):
             decoder_chunk_size=decoder_chunk_size,
             **kwargs,
         )
+        if final_ema_momentum is None:
+            final_ema_momentum = ema_momentum
+        if warmup_teacher_temperature is None:
+            warmup_teacher_temperature = teacher_temperature
         for name, value in (
             ("ema_momentum", ema_momentum),
+            ("final_ema_momentum", final_ema_momentum),
             ("mask_ratio", mask_ratio),
             ("center_momentum", center_momentum),
         ):
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"`{name}` must be in [0, 1]; got {value}.")
+        for name, value in (
+            ("student_temperature", student_temperature),
+            ("teacher_temperature", teacher_temperature),
+            ("warmup_teacher_temperature", warmup_teacher_temperature),
+        ):
+            if not value > 0:
+                raise ValueError(f"`{name}` must be > 0; got {value}.")
+        for name, value in (
+            ("ema_momentum_steps", ema_momentum_steps),
+            (
+                "teacher_temperature_warmup_steps",
+                teacher_temperature_warmup_steps,
+            ),
+        ):
+            if int(value) != value or value < 0:
+                raise ValueError(f"`{name}` must be an int >= 0; got {value}.")
         self.local_to_global_weight = local_to_global_weight
         self.masked_prediction_weight = masked_prediction_weight
         self.ema_momentum = ema_momentum
+        self.final_ema_momentum = final_ema_momentum
+        self.ema_momentum_steps = int(ema_momentum_steps)
+        self.warmup_teacher_temperature = warmup_teacher_temperature
+        self.teacher_temperature_warmup_steps = int(
+            teacher_temperature_warmup_steps
+        )
         self.mask_ratio = mask_ratio
         self.head_hidden_dim = head_hidden_dim
         self.head_bottleneck_dim = head_bottleneck_dim
@@ -362,7 +466,17 @@ class StageBModel(StageAModel):
             trainable=False,
             name="distillation_start_step",
         )
-        self.seed_generator = keras.random.SeedGenerator(seed)
+        # The teacher temperature of the current step (set by the train
+        # step from the optimizer's iterations, read by `compute_loss`).
+        self.current_teacher_temperature = self.add_weight(
+            shape=(),
+            initializer=keras.initializers.Constant(warmup_teacher_temperature),
+            trainable=False,
+            name="current_teacher_temperature",
+        )
+        self.seed_generator = keras.random.SeedGenerator(
+            seed, name="mask_seed_generator"
+        )
         self.local_to_global_tracker = keras.metrics.Mean(
             name="local_to_global_loss"
         )
@@ -459,7 +573,9 @@ class StageBModel(StageAModel):
         )
         temperatures = dict(
             student_temperature=self.student_temperature,
-            teacher_temperature=self.teacher_temperature,
+            teacher_temperature=ops.convert_to_tensor(
+                self.current_teacher_temperature
+            ),
         )
         local_to_global = local_to_global_loss(
             y_pred["local_student"],
@@ -522,17 +638,46 @@ class StageBModel(StageAModel):
                 ops.where(switch, 1, self.teacher_initialized.value), "int32"
             )
         )
-        logs = super().train_step(data)
-        self._ema.update_where(
-            ops.equal(self.teacher_initialized, 1), self.ema_momentum
+        temperature, momentum = self.schedules_at(
+            self.optimizer.iterations, self.distillation_start_step
         )
+        self.current_teacher_temperature.assign(temperature)
+        logs = super().train_step(data)
+        self._ema.update_where(ops.equal(self.teacher_initialized, 1), momentum)
         return logs
+
+    def schedules_at(self, iterations, start_step):
+        """Teacher temperature and EMA momentum of optimizer step
+        `iterations` (0-based), counted from `start_step`.
+
+        Args:
+            iterations: int scalar (tensor). Steps done before this one.
+            start_step: int scalar (tensor). First self-distillation step.
+
+        Returns:
+            `(teacher_temperature, ema_momentum)` float32 scalars.
+        """
+        step = ops.cast(iterations, "int32") - ops.cast(start_step, "int32")
+        temperature = teacher_temperature_at(
+            step,
+            self.teacher_temperature,
+            self.warmup_teacher_temperature,
+            self.teacher_temperature_warmup_steps,
+        )
+        momentum = ema_momentum_at(
+            step,
+            self.ema_momentum,
+            self.final_ema_momentum,
+            self.ema_momentum_steps,
+        )
+        return temperature, momentum
 
     def _stateless_train_step(self, state, data):
         trainable, non_trainable, optimizer_values, metrics = state
         index = {id(v): i for i, v in enumerate(self.non_trainable_variables)}
         flag = index[id(self.teacher_initialized)]
         start = index[id(self.distillation_start_step)]
+        temperature_index = index[id(self.current_teacher_temperature)]
         iterations = optimizer_values[
             [id(v) for v in self.optimizer.variables].index(
                 id(self.optimizer.iterations)
@@ -547,6 +692,12 @@ class StageBModel(StageAModel):
         non_trainable[flag] = ops.cast(
             ops.where(switch, 1, non_trainable[flag]), "int32"
         )
+        temperature, momentum = self.schedules_at(
+            iterations, non_trainable[start]
+        )
+        non_trainable[temperature_index] = ops.cast(
+            temperature, non_trainable[temperature_index].dtype
+        )
         logs, state = super().train_step(
             (trainable, non_trainable, optimizer_values, metrics), data
         )
@@ -556,7 +707,7 @@ class StageBModel(StageAModel):
             trainable,
             non_trainable,
             ops.equal(non_trainable[flag], 1),
-            self.ema_momentum,
+            momentum,
         )
         return logs, (trainable, non_trainable, optimizer_values, metrics)
 
@@ -576,6 +727,8 @@ class StageBModel(StageAModel):
                 "local_to_global_weight": self.local_to_global_weight,
                 "masked_prediction_weight": self.masked_prediction_weight,
                 "ema_momentum": self.ema_momentum,
+                "final_ema_momentum": self.final_ema_momentum,
+                "ema_momentum_steps": self.ema_momentum_steps,
                 "mask_ratio": self.mask_ratio,
                 "head_hidden_dim": self.head_hidden_dim,
                 "head_bottleneck_dim": self.head_bottleneck_dim,
@@ -583,6 +736,10 @@ class StageBModel(StageAModel):
                 "num_patch_prototypes": self.num_patch_prototypes,
                 "student_temperature": self.student_temperature,
                 "teacher_temperature": self.teacher_temperature,
+                "warmup_teacher_temperature": (self.warmup_teacher_temperature),
+                "teacher_temperature_warmup_steps": (
+                    self.teacher_temperature_warmup_steps
+                ),
                 "center_momentum": self.center_momentum,
                 "distillation_start_step": int(
                     keras.ops.convert_to_numpy(self.distillation_start_step)

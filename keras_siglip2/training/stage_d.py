@@ -137,7 +137,7 @@ class StageDModel(keras.Model):
     ):
         super().__init__(**kwargs)
         _check_filter_ratio(filter_ratio)
-        _check_teacher(student_backbone, teacher_backbone)
+        check_teacher(student_backbone, teacher_backbone)
         self.student_backbone = student_backbone
         self.teacher_backbone = teacher_backbone
         self.teacher_backbone.trainable = False
@@ -251,7 +251,7 @@ class StageDModel(keras.Model):
         return cls(**config)
 
 
-def _check_teacher(student, teacher):
+def check_teacher(student, teacher):
     for backbone, role in ((student, "student"), (teacher, "teacher")):
         if not isinstance(backbone, SigLIP2Backbone):
             raise TypeError(

@@ -12,9 +12,15 @@ import keras
 import numpy as np
 import pytest
 
+from keras_siglip2.data.vocabulary import train_demo_sentencepiece
+from keras_siglip2.models.backbone import SigLIP2Backbone
+from keras_siglip2.models.text_encoder import SigLIP2TextEncoder
+from keras_siglip2.models.tokenizer import SigLIP2Tokenizer
+from keras_siglip2.models.vision_encoder import SigLIP2VisionEncoder
 from keras_siglip2.training import checkpoint as ckpt
 from keras_siglip2.training.recipe import RecipeConfig
 from keras_siglip2.training.recipe import RecipeSchedule
+from keras_siglip2.training.recipe import SigLIP2Recipe
 from keras_siglip2.training.recipe import stage_plan
 
 SCRIPT = Path(__file__).with_name("recipe_script.py")
@@ -42,8 +48,9 @@ def _plan(**overrides):
 
 def test_recipe_plan_follows_the_paper_fractions():
     assert _plan() == [("A", 0, 800), ("B", 800, 950), ("C", 950, 1000)]
-    # NaFlex: Stage C from 90%, remaining schedule stretched x3.75.
-    assert _plan(naflex=True) == [
+    # NaFlex: Stage C from 90%, remaining schedule stretched x3.75 (plus
+    # the half-batch steps, see test_stage_c.py).
+    assert _plan(naflex=True, naflex_half_batch_at_longest=False) == [
         ("A", 0, 800),
         ("B", 800, 900),
         ("C", 900, 1280),
@@ -78,8 +85,26 @@ def test_recipe_config_rejects_bad_fractions():
             self_distillation_start=0.99,
             resolution_change_start=0.9,
         )
+    with pytest.raises(ValueError, match="Stage fractions"):
+        RecipeConfig(
+            total_examples=100,
+            batch_size=4,
+            naflex=True,
+            self_distillation_start=0.95,
+            naflex_start=0.9,
+        )
+    with pytest.raises(ValueError, match="naflex_start=1.5"):
+        RecipeConfig(total_examples=100, batch_size=4, naflex_start=1.5)
     with pytest.raises(ValueError, match="batch_size"):
         RecipeConfig(total_examples=2, batch_size=4)
+    with pytest.raises(ValueError, match="even batch_size"):
+        RecipeConfig(total_examples=100, batch_size=5, naflex=True)
+    with pytest.raises(ValueError, match="filter_ratio"):
+        RecipeConfig(total_examples=100, batch_size=4, filter_ratio=1.0)
+    with pytest.raises(ValueError, match="final_ema_momentum"):
+        RecipeConfig(total_examples=100, batch_size=4, final_ema_momentum=2)
+    with pytest.raises(ValueError, match="Unknown model size"):
+        RecipeConfig(total_examples=100, batch_size=4, size="huge")
 
 
 def test_checkpoints_are_atomic_and_pickle_free(tmp_path):
@@ -108,9 +133,47 @@ def test_checkpoints_are_atomic_and_pickle_free(tmp_path):
     ckpt.assign_weights(clone, weights)
     for a, b in zip(model.weights, clone.weights):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    # A flipped byte inside an array still unzips; the manifest catches it.
+    data = bytearray((latest / "weights.npz").read_bytes())
+    data[len(data) // 2] ^= 1
+    (latest / "weights.npz").write_bytes(bytes(data))
+    with pytest.raises(ValueError, match="corrupt checkpoint"):
+        ckpt.read_checkpoint(latest)
     (latest / "weights.npz").write_bytes(b"not a zip file")
     with pytest.raises(ValueError, match="corrupt checkpoint"):
         ckpt.read_checkpoint(latest)
+
+
+def test_failed_checkpoint_write_keeps_the_previous_one(tmp_path, monkeypatch):
+    model = keras.Sequential(
+        [keras.Input((3,)), keras.layers.Dense(2, name="dense")], name="m"
+    )
+    optimizer = keras.optimizers.Adam()
+    optimizer.build(model.trainable_variables)
+    ckpt.save_checkpoint(tmp_path, model, optimizer, {"step": 1})
+    real_savez = np.savez
+
+    def disk_full(file, **arrays):
+        # Half of the archive reaches the disk, then ENOSPC.
+        real_savez(file, **arrays)
+        file.truncate(file.tell() // 2)
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(np, "savez", disk_full)
+    with pytest.raises(OSError, match="No space"):
+        ckpt.save_checkpoint(tmp_path, model, optimizer, {"step": 2})
+    monkeypatch.undo()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "LATEST",
+        "step_000000001",
+    ]
+    state, _, _ = ckpt.read_checkpoint(ckpt.latest_checkpoint(tmp_path))
+    assert state == {"step": 1}
+    # A checkpoint directory without its manifest (as a copy interrupted
+    # by hand would leave) is not valid.
+    (tmp_path / "step_000000001" / "manifest.json").unlink()
+    with pytest.raises(ValueError, match="incomplete checkpoint"):
+        ckpt.latest_checkpoint(tmp_path)
 
 
 def _run(args, timeout=900):
@@ -146,18 +209,182 @@ def test_recipe_resumes_after_kill_minus_9_bit_exact(tmp_path):
     os.kill(process.pid, signal.SIGKILL)
     process.wait()
     killed_at = (interrupted / "LATEST").read_text().strip()
-    assert killed_at < "step_000000008"
+    assert killed_at < "step_000000010"
 
     resumed = _run([str(interrupted), str(tmp_path / "resumed.npz")])
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    with (
-        np.load(tmp_path / "ref.npz") as a,
-        np.load(tmp_path / "resumed.npz") as b,
-    ):
-        assert a.files == b.files
-        for name in a.files:
-            np.testing.assert_array_equal(a[name], b[name], err_msg=name)
+    stages = _compare(tmp_path / "ref.npz", tmp_path / "resumed.npz")
+    # Stages A-D ran (D with a teacher); the resumed run reported the
+    # stages it finished.
+    assert list(stages[0]) == ["A:fixed", "B:fixed", "C:fixed", "D:fixed"]
+    assert "D:fixed" in stages[1]
+    assert list(stages[1]) == list(stages[0][-len(stages[1]) :])
     # Stage C changed the resolution (16 -> 20 px: 5 x 5 patches).
     with np.load(tmp_path / "ref.npz") as a:
         table = [k for k in a.files if k.endswith("pos_embedding/embeddings")]
         assert a[table[0]].shape == (25, 16)
+
+
+def _compare(first, second):
+    """Asserts equal weights; returns both runs' reported stages."""
+    with np.load(first) as a, np.load(second) as b:
+        assert a.files == b.files
+        for name in a.files:
+            if name != "__stages__":
+                np.testing.assert_array_equal(a[name], b[name], err_msg=name)
+        return a["__stages__"], b["__stages__"]
+
+
+def test_naflex_recipe_resumes_mid_stage_c_through_stage_d(tmp_path):
+    reference = _run(
+        [str(tmp_path / "ref"), str(tmp_path / "ref.npz"), "naflex"]
+    )
+    assert reference.returncode == 0, reference.stderr[-3000:]
+    # Stop in the middle of the NaFlex Stage C (steps 6 to 12), resume.
+    resumed = _run(
+        [
+            str(tmp_path / "staged"),
+            str(tmp_path / "staged.npz"),
+            "naflex",
+            "stop=8",
+        ]
+    )
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    stages = _compare(tmp_path / "ref.npz", tmp_path / "staged.npz")
+    expected = ["A:fixed", "B:fixed", "C:naflex", "D:fixed"]
+    assert list(stages[0]) == list(stages[1]) == expected
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    proto = train_demo_sentencepiece(vocab_size=600, num_examples=100)
+    return SigLIP2Tokenizer(proto=proto, sequence_length=8)
+
+
+def _backbone(vocabulary_size, width=8, image_size=16, sequence_length=8):
+    vision = SigLIP2VisionEncoder(
+        image_size=image_size,
+        patch_size=4,
+        hidden_dim=width,
+        num_layers=1,
+        num_heads=2,
+        intermediate_dim=16,
+    )
+    text = SigLIP2TextEncoder(
+        vocabulary_size=vocabulary_size,
+        hidden_dim=width,
+        num_layers=1,
+        num_heads=2,
+        intermediate_dim=16,
+        max_sequence_length=sequence_length,
+    )
+    return SigLIP2Backbone(vision, text)
+
+
+def _tiny_config(**overrides):
+    return RecipeConfig(
+        **{
+            "total_examples": 32,
+            "batch_size": 4,
+            "checkpoint_every": 2,
+            "image_size": 16,
+            "decoder_length": 12,
+            "num_location_bins": 8,
+            "num_local_crops": 2,
+            "local_crop_size": 8,
+            "head_hidden_dim": 8,
+            "head_bottleneck_dim": 4,
+            "num_prototypes": 8,
+            "num_patch_prototypes": 8,
+            **overrides,
+        }
+    )
+
+
+def _no_examples(start):
+    raise AssertionError("bad input must fail before reading any data")
+
+
+def test_recipe_refuses_a_checkpoint_of_another_config(tokenizer, tmp_path):
+    vocabulary = tokenizer.vocabulary_size()
+    recipe = SigLIP2Recipe(
+        _tiny_config(), _backbone(vocabulary), tokenizer, _no_examples
+    )
+    other = SigLIP2Recipe(
+        _tiny_config(learning_rate=3e-4),
+        _backbone(vocabulary),
+        tokenizer,
+        _no_examples,
+    )
+    model = other._stage_a_model(other._initial_backbone)
+    optimizer = keras.optimizers.Adam()
+    optimizer.build(model.trainable_variables)
+    state = {"step": 2, "stage": "A", "config": other.config_json()}
+    ckpt.save_checkpoint(tmp_path, model, optimizer, state)
+    with pytest.raises(ValueError, match=r"another config.*learning_rate"):
+        recipe.fit(tmp_path, verbose=0)
+    ckpt.save_checkpoint(tmp_path, model, optimizer, {"step": 2})
+    with pytest.raises(ValueError, match="holds no recipe config"):
+        recipe.fit(tmp_path, verbose=0)
+    # Nothing trained: the checkpoint is still the one written here.
+    assert sorted(p.name for p in tmp_path.glob("step_*")) == ["step_000000002"]
+
+
+def test_recipe_rejects_bad_inputs_before_training(tokenizer):
+    vocabulary = tokenizer.vocabulary_size()
+    with_d = _tiny_config(distillation_examples=16)
+    with pytest.raises(ValueError, match="needs a `teacher`"):
+        SigLIP2Recipe(with_d, _backbone(vocabulary), tokenizer, _no_examples)
+    # A teacher must read the same token ids.
+    with pytest.raises(ValueError, match="vocabulary_size"):
+        SigLIP2Recipe(
+            with_d,
+            _backbone(vocabulary),
+            tokenizer,
+            _no_examples,
+            teacher=_backbone(vocabulary + 1, width=12),
+        )
+    with pytest.raises(ValueError, match="max_sequence_length"):
+        SigLIP2Recipe(
+            with_d,
+            _backbone(vocabulary),
+            tokenizer,
+            _no_examples,
+            teacher=_backbone(vocabulary, width=12, sequence_length=9),
+        )
+    with pytest.raises(
+        TypeError, match="The teacher must be a `SigLIP2Backbone`"
+    ):
+        SigLIP2Recipe(
+            with_d,
+            _backbone(vocabulary),
+            tokenizer,
+            _no_examples,
+            teacher=_backbone(vocabulary).vision_encoder,
+        )
+    with pytest.raises(ValueError, match="takes 16-px images"):
+        SigLIP2Recipe(
+            _tiny_config(image_size=32),
+            _backbone(vocabulary),
+            tokenizer,
+            _no_examples,
+        )
+    with pytest.raises(ValueError, match="encoder embeds only"):
+        SigLIP2Recipe(
+            _tiny_config(), _backbone(vocabulary - 1), tokenizer, _no_examples
+        )
+    with pytest.raises(ValueError, match="whole number of 4-px patches"):
+        SigLIP2Recipe(
+            _tiny_config(local_crop_size=6),
+            _backbone(vocabulary),
+            tokenizer,
+            _no_examples,
+        )
+    # Stage C at 8-px patches: the 12-px crops no longer fit.
+    with pytest.raises(ValueError, match="whole number of 8-px patches"):
+        SigLIP2Recipe(
+            _tiny_config(local_crop_size=12, stage_c_patch_size=8),
+            _backbone(vocabulary),
+            tokenizer,
+            _no_examples,
+        )

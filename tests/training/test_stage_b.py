@@ -16,19 +16,41 @@ from keras_siglip2.data.augment import add_self_distillation_views
 from keras_siglip2.training.optimizer import siglip2_optimizer
 from keras_siglip2.training.stage_b import StageBModel
 from keras_siglip2.training.stage_b import apply_mask_token
+from keras_siglip2.training.stage_b import ema_momentum_at
 from keras_siglip2.training.stage_b import random_patch_mask
 from keras_siglip2.training.stage_b import self_distillation_weights
+from keras_siglip2.training.stage_b import teacher_temperature_at
 from training.test_stage_a import _dataset
 from training.test_stage_a import _stage_a
 
-MOMENTUM = 0.5
 START_STEP = 1
+# Schedules from the switch (step k = iterations - START_STEP): momentum
+# cosine 0.5 -> 0.9 over 2 steps, teacher temperature 0.04 -> 0.07 over 2.
+SCHEDULES = dict(
+    ema_momentum=0.5,
+    final_ema_momentum=0.9,
+    ema_momentum_steps=2,
+    warmup_teacher_temperature=0.04,
+    teacher_temperature=0.07,
+    teacher_temperature_warmup_steps=2,
+)
+
+
+def _momentum(k):
+    """DINO's `cosine_scheduler(base, final, ...)` value at step k."""
+    k = min(max(k, 0), 2)
+    return 0.9 + 0.5 * (0.5 - 0.9) * (1 + np.cos(np.pi * k / 2))
+
+
+def _temperature(k):
+    """DINO's linear teacher-temperature warm-up (`np.linspace`)."""
+    return float(np.interp(k, [0, 2], [0.04, 0.07]))
 
 
 def _stage_b(**kwargs):
     stage_a = _stage_a()
     kwargs = {
-        "ema_momentum": MOMENTUM,
+        **SCHEDULES,
         "distillation_start_step": START_STEP,
         **kwargs,
     }
@@ -77,18 +99,22 @@ def _run(model):
     data = _dataset_b()
     snapshots = [_weights(model)]
     flags, logs = [int(model.teacher_initialized.numpy())], []
+    temperatures = []
     for batch in (data.take(1), data.skip(1), data.take(1)):
         history = model.fit(batch, verbose=0).history
         logs.append({k: v[-1] for k, v in history.items()})
         snapshots.append(_weights(model))
         flags.append(int(model.teacher_initialized.numpy()))
+        temperatures.append(float(model.current_teacher_temperature.numpy()))
     students, teachers = zip(*[_split(s) for s in snapshots])
 
     def max_error(expected, got):
         return max(float(np.abs(e - g).max()) for e, g in zip(expected, got))
 
-    m = MOMENTUM
+    # The steps at iterations 1 and 2 are distillation steps 0 and 1.
+    m0, m1 = _momentum(0), _momentum(1)
     history = model.fit(data, verbose=0).history
+    temperatures.append(float(model.current_teacher_temperature.numpy()))
     student, teacher = _split(_weights(model))
     return {
         "backend": keras.backend.backend(),
@@ -99,13 +125,14 @@ def _run(model):
         "before_switch_error": max_error(teachers[0], teachers[1]),
         # At the switch it copies the student, then takes an EMA step.
         "switch_error": max_error(
-            [m * a + (1 - m) * b for a, b in zip(students[1], students[2])],
+            [m0 * a + (1 - m0) * b for a, b in zip(students[1], students[2])],
             teachers[2],
         ),
         "ema_error": max_error(
-            [m * a + (1 - m) * b for a, b in zip(teachers[2], students[3])],
+            [m1 * a + (1 - m1) * b for a, b in zip(teachers[2], students[3])],
             teachers[3],
         ),
+        "temperatures": temperatures,
         "student_moved": max_error(students[1], students[3]),
         "teacher_lag": max_error(student, teacher),
         "mask_token_norm": float(np.linalg.norm(np.array(model.mask_token))),
@@ -125,6 +152,13 @@ def _check_run(report):
     # nothing else (no gradient) moves it.
     assert report["switch_error"] < 1e-6
     assert report["ema_error"] < 1e-6
+    # Temperature of the last step of each fit: iterations 0 (before the
+    # switch, counted as 0), 1, 2 and 4 -> distillation steps 0, 0, 1, 3.
+    np.testing.assert_allclose(
+        report["temperatures"],
+        [_temperature(k) for k in (0, 0, 1, 3)],
+        rtol=1e-6,
+    )
     assert report["teacher_trainable"] == []
     # The EMA teacher lags behind the student.
     assert report["teacher_lag"] > 1e-4
@@ -156,6 +190,30 @@ def jax_run():
 def test_stage_b_switch_ema_and_fit_on_jax(jax_run):
     assert jax_run["backend"] == "jax"
     _check_run(jax_run)
+
+
+def test_schedules_match_dino_reference():
+    # DINO (utils.cosine_scheduler): final + 0.5 * (base - final) *
+    # (1 + cos(pi * i / n)); teacher temperature: np.linspace warm-up,
+    # then constant.
+    n = 7
+    reference = 1.0 + 0.5 * (0.996 - 1.0) * (
+        1 + np.cos(np.pi * np.arange(n + 3) / n)
+    )
+    reference[n:] = 1.0
+    got = [float(ema_momentum_at(k, 0.996, 1.0, n)) for k in range(n + 3)]
+    np.testing.assert_allclose(got, reference, rtol=0, atol=3e-7)
+    assert float(ema_momentum_at(-3, 0.996, 1.0, n)) == pytest.approx(0.996)
+    assert float(ema_momentum_at(5, 0.99, 1.0, 0)) == pytest.approx(0.99)
+    warm = 4
+    reference = np.concatenate(
+        [np.linspace(0.04, 0.07, warm + 1), np.full(3, 0.07)]
+    )
+    got = [float(teacher_temperature_at(k, 0.07, 0.04, warm)) for k in range(8)]
+    np.testing.assert_allclose(got, reference, rtol=1e-6)
+    assert float(teacher_temperature_at(3, 0.07, 0.04, 0)) == pytest.approx(
+        0.07
+    )
 
 
 def test_size_weights():
@@ -218,6 +276,10 @@ def test_bad_crops_and_config():
         model(batch)
     with pytest.raises(ValueError, match="mask_ratio"):
         _stage_b(mask_ratio=1.5)
+    with pytest.raises(ValueError, match="final_ema_momentum"):
+        _stage_b(final_ema_momentum=1.5)
+    with pytest.raises(ValueError, match="warmup_teacher_temperature"):
+        _stage_b(warmup_teacher_temperature=0.0)
 
 
 def test_save_and_load_keep_teacher_centres_and_switch(tmp_path):
@@ -230,7 +292,15 @@ def test_save_and_load_keep_teacher_centres_and_switch(tmp_path):
     restored = keras.models.load_model(tmp_path / "stage_b.keras")
     assert isinstance(restored, StageBModel)
     config, restored_config = model.get_config(), restored.get_config()
-    for key in ("num_prototypes", "ema_momentum", "distillation_start_step"):
+    for key in (
+        "num_prototypes",
+        "ema_momentum",
+        "final_ema_momentum",
+        "ema_momentum_steps",
+        "warmup_teacher_temperature",
+        "teacher_temperature_warmup_steps",
+        "distillation_start_step",
+    ):
         assert restored_config[key] == config[key]
     assert [w.path for w in restored.weights] == [w.path for w in model.weights]
     for saved, loaded in zip(model.weights, restored.weights):
