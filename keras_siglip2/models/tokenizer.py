@@ -611,6 +611,11 @@ _KERAS_HUB = {
     "keras_hub>SigLIPTokenizer": SigLIPTokenizer,
 }
 _KERAS_HUB_PREPROCESSOR = "keras_hub>SigLIPPreprocessor"
+# HF checkpoints: the SentencePiece file names the family.
+_HF_VOCABULARIES = {
+    "tokenizer.model": SigLIP2Tokenizer,
+    "spiece.model": SigLIPTokenizer,
+}
 _BACKBONES = ("keras_hub>SigLIPBackbone", "keras_siglip2>SigLIP2Backbone")
 
 
@@ -653,7 +658,7 @@ def _keras_hub_settings(files: PresetFiles) -> dict:
 def load_tokenizer(preset, **kwargs):
     """Builds our tokenizer from a preset's `tokenizer.json` and vocabulary.
 
-    Reads `tokenizer.json` and `assets/tokenizer/vocabulary.spm`:
+    Reads `tokenizer.json` and `assets/tokenizer/vocabulary.spm` of
     - ours (`SigLIP2Tokenizer`/`SigLIPTokenizer.save_to_preset`): the
       saved configuration, as is;
     - keras-hub's `GemmaTokenizer` (its SigLIP 2 presets): a
@@ -665,6 +670,10 @@ def load_tokenizer(preset, **kwargs):
     - keras-hub's `SigLIPTokenizer` (SigLIP and MedSigLIP presets): a
       `SigLIPTokenizer` (canonicalised text, sticky EOS, EOS padding), the
       ids keras-hub's `SigLIPPreprocessor` gives.
+    - an HF `SiglipModel`/`Siglip2Model` checkpoint (`config.json` with a
+      `model_type`): `tokenizer.model` (Gemma) gives a `SigLIP2Tokenizer`,
+      `spiece.model` a `SigLIPTokenizer`, `sequence_length` the text
+      tower's `max_position_embeddings`.
     For keras-hub files the sequence length comes from `preprocessor.json`
     or the text tower in `config.json` when present (64 otherwise), and
     SigLIP's canonicalisation from `preprocessor.json`'s
@@ -685,6 +694,12 @@ def load_tokenizer(preset, **kwargs):
             message names the file. Nothing partially loaded is returned.
     """
     files = PresetFiles(preset)
+    backbone = files.json(BACKBONE_FILE, required=False) or {}
+    if "registered_name" not in backbone and backbone.get("model_type") in (
+        "siglip",
+        "siglip2",
+    ):
+        return _load_hf(files, backbone, kwargs)
     registered, config = files.registered_json(TOKENIZER_FILE)
     if registered in _OURS:
         cls = _OURS[registered]
@@ -708,6 +723,11 @@ def load_tokenizer(preset, **kwargs):
             f"{files.name}: cannot build a {cls.__name__} from "
             f"`{TOKENIZER_FILE}`: {e}"
         ) from None
+    return _with_vocabulary(tokenizer, vocabulary)
+
+
+def _with_vocabulary(tokenizer, vocabulary: str):
+    """Sets the SentencePiece file; errors name it."""
     try:
         tokenizer.set_proto(vocabulary)
     except ValueError as e:
@@ -716,3 +736,31 @@ def load_tokenizer(preset, **kwargs):
             message = f"{vocabulary}: {message}"
         raise ValueError(message) from None
     return tokenizer
+
+
+def _load_hf(files: PresetFiles, config: dict, kwargs: dict):
+    """An HF `SiglipModel`/`Siglip2Model` checkpoint: the family from its
+    SentencePiece file, the length from the text tower's positions."""
+    for file in _HF_VOCABULARIES:
+        vocabulary = files.path(file, required=False)
+        if vocabulary is not None:
+            cls = _HF_VOCABULARIES[file]
+            break
+    else:
+        raise ValueError(
+            f"{files.name}: an HF checkpoint without a SentencePiece model "
+            f"({' or '.join(f'`{f}`' for f in _HF_VOCABULARIES)})."
+        )
+    text = config.get("text_config") or {}
+    kwargs = {
+        "sequence_length": text.get("max_position_embeddings", 64),
+        **kwargs,
+    }
+    try:
+        tokenizer = cls(**kwargs)
+    except (TypeError, ValueError) as e:
+        raise ValueError(
+            f"{files.name}: cannot build a {cls.__name__} from "
+            f"`{BACKBONE_FILE}`: {e}"
+        ) from None
+    return _with_vocabulary(tokenizer, vocabulary)

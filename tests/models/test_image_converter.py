@@ -439,3 +439,20 @@ def test_bad_converter_presets(tmp_path):
         SigLIP2ImageConverter.from_preset(tmp_path)
     with pytest.raises(ValueError, match="Did you mean"):
         SigLIP2ImageConverter.from_preset("siglip2_base_patch16_22")
+
+
+def test_from_hf_checkpoint_config(tmp_path):
+    from transformers import Siglip2Config
+    from transformers import SiglipConfig
+
+    SiglipConfig(vision_config={"image_size": 32}).save_pretrained(
+        tmp_path / "siglip"
+    )
+    fixed = SigLIP2ImageConverter.from_preset(tmp_path / "siglip")
+    assert fixed.image_size == (32, 32) and not fixed.naflex
+    Siglip2Config(
+        vision_config={"patch_size": 8, "num_patches": 64}
+    ).save_pretrained(tmp_path / "siglip2")
+    naflex = SigLIP2ImageConverter.from_preset(tmp_path / "siglip2")
+    assert naflex.naflex and naflex.patch_size == 8
+    assert naflex.max_num_patches == 64

@@ -7,7 +7,8 @@ around SentencePiece models trained at test time. Oracles: HF's
 `Siglip2Tokenizer`/`SiglipTokenizer` built from the same model file, and
 keras-hub's own tokenizer and preprocessor run on the same preset. Preset
 names go through keras-hub's `get_file`, replaced here by a local copy, so
-nothing is downloaded.
+nothing is downloaded. HF checkpoint directories are written by HF's own
+`save_pretrained`.
 """
 
 import json
@@ -368,3 +369,39 @@ def test_unreproducible_keras_hub_preprocessor_is_refused(
     path.write_text(json.dumps(config))
     with pytest.raises(ValueError, match="add_start_token"):
         SigLIPTokenizer.from_preset(tmp_path / "p")
+
+
+# --- HF checkpoints -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("family", ["siglip2", "siglip"])
+def test_hf_checkpoint_directory(
+    family, gemma_file, t5_file, strings, tmp_path
+):
+    """An HF checkpoint directory (config, tokenizer files): the family
+    from the SentencePiece file, the length from the text positions."""
+    from transformers import Siglip2Config
+    from transformers import SiglipConfig
+
+    config_cls = Siglip2Config if family == "siglip2" else SiglipConfig
+    config_cls(text_config={"max_position_embeddings": 24}).save_pretrained(
+        tmp_path
+    )
+    if family == "siglip2":
+        hf = fixture.hf_siglip2_tokenizer(str(gemma_file.parent))
+        # Hub checkpoints ship the SentencePiece model beside HF's files.
+        shutil.copy(gemma_file, tmp_path / "tokenizer.model")
+        texts, expected_cls = strings, SigLIP2Tokenizer
+    else:
+        hf = fixture.hf_siglip_tokenizer(str(t5_file))
+        texts = [t for t in strings if "</s>" not in t and "<unk>" not in t]
+        expected_cls = SigLIPTokenizer
+    hf.save_pretrained(tmp_path)
+    tokenizer = SigLIP2Tokenizer.from_preset(tmp_path)
+    assert type(tokenizer) is expected_cls
+    assert tokenizer.sequence_length == 24
+    _rows_equal(tokenizer(texts), fixture.hf_ids(hf, texts, 24), texts)
+    vocabulary = "tokenizer.model" if family == "siglip2" else "spiece.model"
+    (tmp_path / vocabulary).unlink()
+    with pytest.raises(ValueError, match="HF checkpoint without"):
+        SigLIP2Tokenizer.from_preset(tmp_path)
