@@ -1,12 +1,24 @@
 """Command line: `python -m keras_siglip2 {demo,convert,summary,eval}`.
 
-- `demo [--output_dir DIR] [--steps N] [--batch_size B]` trains a
-  SentencePiece vocabulary and a tiny `SigLIP2Backbone` on the generated
-  dataset through the recipe's stages (A: sigmoid + LocCa, B, C with a
-  resolution change) with resumable checkpoints in `DIR/checkpoints`,
-  evaluates it (zero-shot, retrieval, dense probe) into
-  `DIR/results.json`, saves and reloads it, then prints the parameter
-  counts of the real SigLIP 2 sizes.
+- `demo [--output_dir DIR] [--steps N] [--batch_size B] [--seed S]
+  [--demo_eval_examples E] [--demo_decoder_steps K]` runs the SigLIP 2
+  recipe offline on the generated dataset with a tiny model (both towers
+  width 64, 2 layers, 4 heads, MLP 256; 32 px images in 8 px patches;
+  16-token texts; a 1000-piece SentencePiece vocabulary trained on the
+  captions; ~330k parameters), in about 5-10 minutes on 2 CPU cores with
+  the defaults (N=400 steps of B=16): it trains the Stage D teacher
+  (same architecture, sigmoid loss, "curated" English-only data, N
+  steps), then stages A (sigmoid + LocCa), B (+ self-distillation and
+  masked prediction), C (the NaFlex variant, sequence lengths 16/36/64)
+  and D (ACID with that teacher), with Keras progress bars and resumable
+  checkpoints in `DIR/checkpoints`. After each stage (and at random
+  init) it scores zero-shot top-1, image<->text retrieval R@1/R@5,
+  referring-expression accuracy and dense-probe mIoU on held-out data
+  (E test images), prints them as a table per stage and writes
+  `DIR/results.json`; it writes `DIR/loss_curves.png` (per-step losses,
+  stages shaded), `DIR/naflex_grids.png` (patch grids of images of three
+  aspect ratios at each length) and `DIR/backbone.keras`, reloads it, and
+  prints the parameter counts of the real SigLIP 2 sizes.
 - `convert --from {hf,big_vision,keras_hub,keras} --to
   {keras,hf,keras_hub,big_vision} SRC DST` converts a checkpoint, with a
   progress bar over its tensors. `keras` is a `.keras` file (when the path
@@ -24,6 +36,7 @@
   `--eval_class_names`, referring with `--eval_train_data`).
 """
 
+import json
 import math
 import os
 import pathlib
@@ -37,6 +50,7 @@ import numpy as np
 from absl import app
 from absl import flags
 
+from keras_siglip2 import demo_plots
 from keras_siglip2 import eval as eval_lib
 from keras_siglip2.convert.big_vision import load_big_vision_npz
 from keras_siglip2.convert.big_vision import save_big_vision_npz
@@ -47,9 +61,12 @@ from keras_siglip2.convert.keras_hub import save_keras_hub_preset
 from keras_siglip2.data.generated import CLASS_NAMES as GENERATED_CLASS_NAMES
 from keras_siglip2.data.generated import LANGUAGES as GENERATED_LANGUAGES
 from keras_siglip2.data.generated import GeneratedConfig
+from keras_siglip2.data.generated import generate_example
 from keras_siglip2.data.generated import generated_dataset
 from keras_siglip2.data.generated import generated_examples
 from keras_siglip2.data.generated import zero_shot_class_names
+from keras_siglip2.data.locca import LocCaVocabulary
+from keras_siglip2.data.pipeline import training_batches
 from keras_siglip2.data.readers import SkipCounter
 from keras_siglip2.data.readers import jsonl_examples
 from keras_siglip2.data.readers import tfrecord_examples
@@ -59,31 +76,58 @@ from keras_siglip2.layers.contrastive_logits import ContrastiveLogits
 from keras_siglip2.models.backbone import SigLIP2Backbone
 from keras_siglip2.models.configs import BackboneConfig
 from keras_siglip2.models.configs import get_config
+from keras_siglip2.models.image_converter import SigLIP2ImageConverter
+from keras_siglip2.models.locca_decoder import locca_decoder_for
 from keras_siglip2.models.presets import PRESETS
 from keras_siglip2.models.presets import get_preset
 from keras_siglip2.models.text_encoder import SigLIP2TextEncoder
 from keras_siglip2.models.tokenizer import SigLIP2Tokenizer
 from keras_siglip2.models.vision_encoder import SigLIP2VisionEncoder
+from keras_siglip2.training import checkpoint as ckpt
+from keras_siglip2.training.optimizer import siglip2_optimizer
 from keras_siglip2.training.recipe import RecipeConfig
 from keras_siglip2.training.recipe import SigLIP2Recipe
 from keras_siglip2.training.stage_a import StageAModel
 
 _OUTPUT_DIR = flags.DEFINE_string(
-    "output_dir", "siglip2_demo", "Where `demo` writes its checkpoint."
+    "output_dir",
+    "siglip2_demo",
+    "`demo`: where it writes checkpoints/ (resumed when present), "
+    "teacher.keras, results.json, losses.json, loss_curves.png, "
+    "naflex_grids.png and backbone.keras.",
 )
 _STEPS = flags.DEFINE_integer(
     "steps",
-    48,
-    "Training steps of the `demo` recipe (stages A-C).",
-    lower_bound=8,
+    400,
+    "`demo`: nominal training steps of stages A-C, in 20 checkpoint "
+    "segments: A the first 80%, B to 90%, then the NaFlex Stage C covers "
+    "the last 10% stretched x3.75 (plus a step per half batch at the "
+    "longest length); Stage D adds 10% with 2x super-batches. The Stage D "
+    "teacher trains for `steps` steps first.",
+    lower_bound=16,
 )
 _BATCH_SIZE = flags.DEFINE_integer(
     "batch_size",
     16,
-    "Image-text pairs per training batch of `demo`.",
+    "`demo`: image-text pairs per training batch (even: NaFlex Stage C "
+    "halves batches of the longest sequence length).",
+    lower_bound=2,
+)
+_DEMO_EVAL_EXAMPLES = flags.DEFINE_integer(
+    "demo_eval_examples",
+    64,
+    "`demo`: held-out test images of each evaluation (twice as many "
+    "validation images train the referring decoder and the dense probe).",
+    lower_bound=8,
+)
+_DEMO_DECODER_STEPS = flags.DEFINE_integer(
+    "demo_decoder_steps",
+    200,
+    "`demo`: training steps of the referring-expression decoder in each "
+    "evaluation.",
     lower_bound=1,
 )
-_SEED = flags.DEFINE_integer("seed", 0, "Random seed of `demo`.")
+_SEED = flags.DEFINE_integer("seed", 0, "`demo`: random seed.")
 SOURCE_FORMATS = ("hf", "big_vision", "keras_hub", "keras")
 TARGET_FORMATS = ("keras", "hf", "keras_hub", "big_vision")
 _FROM = flags.DEFINE_enum(
@@ -162,7 +206,331 @@ def _print_header(title: str) -> None:
     print(f"\n== {title} ==", flush=True)
 
 
-def _recipe_demo(output_dir: pathlib.Path) -> None:
+# === demo ===
+
+# NaFlex sequence lengths (patches of 8 px): 32, 48 and 64 px squares.
+DEMO_NAFLEX_LENGTHS = (16, 36, 64)
+# Sides of the generated training and test images (aspect ratios vary).
+DEMO_SIDE_RANGE = (24, 64)
+DEMO_LOCATION_BINS = 32
+# The paper's Stage D rate is 1e-5 after 40B examples at peak 1e-3; the
+# demo's model is far from converged after a few hundred steps, so Stage D
+# uses a tenth of the peak rate to move in its few steps.
+DEMO_DISTILLATION_LEARNING_RATE = 1e-4
+# "Curated" data of the Stage D teacher: English captions only, without
+# rendered words, from its own seed stream.
+TEACHER_DATA = dict(english_fraction=1.0, text_fraction=0.0)
+# Columns of the per-stage table: (header, metric key).
+DEMO_COLUMNS = (
+    ("0-shot", "zero_shot/top1"),
+    ("I>T@1", "retrieval/image_to_text/R@1"),
+    ("I>T@5", "retrieval/image_to_text/R@5"),
+    ("T>I@1", "retrieval/text_to_image/R@1"),
+    ("T>I@5", "retrieval/text_to_image/R@5"),
+    ("ref@.5", "referring/accuracy@0.5"),
+    ("mIoU", "dense_probe/mIoU"),
+)
+_METRIC_TASKS = ("zero_shot", "retrieval", "referring", "dense_probe")
+
+
+def format_stage_table(rows: dict[str, dict[str, float]]) -> str:
+    """The per-stage table: one row per evaluated model, one column each.
+
+    Args:
+        rows: `{row_name: {metric_key: value}}` with the keys of
+            `DEMO_COLUMNS` (missing ones print as `n/a`).
+
+    Returns:
+        str, without a trailing newline.
+    """
+    width = max([len("model")] + [len(name) for name in rows])
+    header = f"{'model':<{width}}" + "".join(
+        f"  {title:>6}" for title, _ in DEMO_COLUMNS
+    )
+    lines = [header, "-" * len(header)]
+    for name, metrics in rows.items():
+        cells = []
+        for _, key in DEMO_COLUMNS:
+            value = metrics.get(key)
+            cells.append(
+                "   n/a"
+                if value is None or not math.isfinite(value)
+                else f"{value:6.3f}"
+            )
+        lines.append(f"{name:<{width}}" + "".join(f"  {c}" for c in cells))
+    return "\n".join(lines)
+
+
+def _generated_images(split, count, seed, **overrides) -> list:
+    config = GeneratedConfig(side_range=DEMO_SIDE_RANGE, **overrides)
+    return eval_lib.as_examples(
+        generated_examples(split, seed, count, config=config)
+    )
+
+
+class _StepLosses(keras.callbacks.Callback):
+    """Per-step losses of every stage, saved at each checkpoint.
+
+    Keras logs each metric's running mean over the epoch (a checkpoint
+    segment of `steps_per_epoch` steps); step `b`'s own value is
+    `(b + 1) * mean_b - b * mean_{b-1}`.
+
+    Args:
+        run: name of the run (a key of the saved file).
+        steps_per_epoch: the recipe's `checkpoint_every`.
+        path: JSON file `{run: {loss: [[step, value], ...]}}`, rewritten
+            at the end of every epoch (other runs' entries are kept).
+        runs: the curves recorded so far, of every run; updated in place.
+    """
+
+    def __init__(self, run: str, steps_per_epoch: int, path, runs: dict):
+        super().__init__()
+        self.run = run
+        self.steps_per_epoch = steps_per_epoch
+        self.path = path
+        self.runs = runs
+        self.curves = runs.setdefault(run, {})
+        self.first_step = 0
+        self.means = {}
+
+    def resume_at(self, step: int) -> None:
+        """Drops the values recorded at `step` and after."""
+        for name, points in self.curves.items():
+            self.curves[name] = [p for p in points if p[0] < step]
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.first_step = epoch * self.steps_per_epoch
+        self.means = {}
+
+    def on_train_batch_end(self, batch, logs=None):
+        step = self.first_step + batch
+        for name, mean in (logs or {}).items():
+            if not name.endswith("loss"):
+                continue
+            mean = float(mean)
+            value = (batch + 1) * mean - batch * self.means.get(name, 0.0)
+            self.means[name] = mean
+            self.curves.setdefault(name, []).append([step, value])
+
+    def on_epoch_end(self, epoch, logs=None):
+        _write_json_atomically(self.path, self.runs)
+
+
+def _write_json_atomically(path, value) -> None:
+    path = pathlib.Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(value))
+    os.replace(tmp, path)
+
+
+class _DemoEvaluation:
+    """Scores a backbone on every task on the same held-out data.
+
+    Zero-shot top-1 (80 colour-shape classes, English prompts) on
+    single-object test images; image<->text retrieval R@1/R@5 on test
+    images with three captions each; referring-expression accuracy
+    (IoU >= 0.5) of a decoder trained on the frozen patch tokens of
+    validation images (the same initial decoder weights for every
+    model); a dense linear probe's mIoU (patch-centre labels). All
+    images are generated at native aspect ratios; fixed-resolution models
+    see them resized to their square input, NaFlex models patchified.
+    """
+
+    def __init__(self, tokenizer, decoder, num_examples, decoder_steps, seed):
+        self.tokenizer = tokenizer
+        self.decoder = decoder
+        if not decoder.built:
+            decoder.build((None, decoder.max_sequence_length))
+        self.decoder_weights = decoder.get_weights()
+        self.decoder_steps = decoder_steps
+        self.seed = seed
+        self.test = _generated_images(
+            "test", num_examples, seed, num_captions=3
+        )
+        self.single = _generated_images(
+            "test", num_examples, seed, num_objects=(1, 1)
+        )
+        self.train = _generated_images("validation", 2 * num_examples, seed)
+        self.encoders = {}
+
+    def __call__(self, backbone, max_num_patches=None) -> dict[str, float]:
+        """Flat `{"task/metric": value}` of every task."""
+        # Stages that train the same backbone object share its encoder:
+        # its compiled functions read the current weights at each call.
+        key = (id(backbone), max_num_patches)
+        if key not in self.encoders:
+            self.encoders[key] = (
+                backbone,
+                eval_lib.BackboneEncoder(
+                    backbone,
+                    self.tokenizer,
+                    batch_size=32,
+                    max_num_patches=max_num_patches,
+                ),
+            )
+        encoder = self.encoders[key][1]
+        # Every model's decoder starts from the same weights.
+        self.decoder.set_weights(self.decoder_weights)
+        results = {
+            "zero_shot": eval_lib.evaluate_zero_shot(
+                encoder, self.single, zero_shot_class_names("en")
+            ),
+            "retrieval": eval_lib.evaluate_retrieval(
+                encoder, self.test, ks=(1, 5)
+            ),
+            "referring": eval_lib.evaluate_referring(
+                encoder,
+                self.train,
+                self.test,
+                decoder=self.decoder,
+                num_location_bins=DEMO_LOCATION_BINS,
+                steps=self.decoder_steps,
+                batch_size=32,
+                seed=self.seed,
+            ),
+            "dense_probe": eval_lib.evaluate_dense_probe(
+                encoder,
+                self.train,
+                self.test,
+                class_names=GENERATED_CLASS_NAMES,
+                method="centre",
+                epochs=10,
+            ),
+        }
+        return {
+            f"{task}/{metric}": float(value)
+            for task in _METRIC_TASKS
+            for metric, value in results[task].items()
+            if not metric.startswith("IoU/")
+        }
+
+
+class _Demo:
+    """Per-stage evaluation and the result files of a demo run."""
+
+    def __init__(self, output_dir: pathlib.Path):
+        self.output_dir = output_dir
+        # Set once the recipe has built its layers (see `_recipe_demo`).
+        self.evaluate = None
+        self.results_path = output_dir / "results.json"
+        self.losses_path = output_dir / "losses.json"
+        self.checkpoint_dir = output_dir / "checkpoints"
+        self.rows = {}
+        self.runs = {}
+        self.stages = {}
+        self.metadata = {}
+
+    def resume(self) -> bool:
+        """Loads the results of an interrupted run; False if fresh."""
+        if ckpt.latest_checkpoint(self.checkpoint_dir) is None:
+            return False
+        if self.results_path.exists():
+            self.rows = eval_lib.read_json(self.results_path)["results"]
+        if self.losses_path.exists():
+            self.runs = json.loads(self.losses_path.read_text())
+        return True
+
+    def score(self, row: str, backbone, max_num_patches=None) -> None:
+        start = time.perf_counter()
+        self.rows[row] = self.evaluate(backbone, max_num_patches)
+        eval_lib.write_json(self.rows, self.results_path, self.metadata)
+        print(
+            f"evaluated {row} in {time.perf_counter() - start:.1f} s:\n"
+            + format_stage_table({row: self.rows[row]}),
+            flush=True,
+        )
+
+    def on_stage_end(self, stage: str, backbone) -> None:
+        """Scores a stage's backbone (NaFlex ones at each length)."""
+        if not backbone.naflex:
+            size = backbone.vision_encoder.image_size
+            self.score(f"{stage} ({size} px)", backbone)
+            return
+        for length in DEMO_NAFLEX_LENGTHS:
+            self.score(
+                f"{stage} NaFlex ({length} patches)",
+                backbone,
+                max_num_patches=length,
+            )
+
+    def recorder(self, run: str, recipe) -> _StepLosses:
+        """A loss recorder for `recipe`, resumed at its checkpoint."""
+        self.stages[run] = [
+            (s.name, s.start_step, s.end_step) for s in recipe.plan
+        ]
+        recorder = _StepLosses(
+            run, recipe.config.checkpoint_every, self.losses_path, self.runs
+        )
+        latest = ckpt.latest_checkpoint(self.checkpoint_dir)
+        if latest is not None:
+            recorder.resume_at(ckpt.read_checkpoint(latest)[0]["step"])
+        return recorder
+
+
+def _print_histories(histories: dict) -> None:
+    for stage, history in histories.items():
+        for name, values in history.items():
+            print(
+                f"stage {stage} {name}: first {values[0]:.4f} "
+                f"last {values[-1]:.4f}"
+            )
+
+
+def _tiny_backbone(vocabulary_size: int, prefix: str = "") -> SigLIP2Backbone:
+    names = {}
+    if prefix:
+        names = {
+            "vision": {"name": f"{prefix}_vision_encoder"},
+            "text": {"name": f"{prefix}_text_encoder"},
+            "backbone": {"name": f"{prefix}_backbone"},
+        }
+    return SigLIP2Backbone(
+        SigLIP2VisionEncoder(**TINY_VISION, **names.get("vision", {})),
+        SigLIP2TextEncoder(
+            **{**TINY_TEXT, "vocabulary_size": vocabulary_size},
+            **names.get("text", {}),
+        ),
+        **names.get("backbone", {}),
+    )
+
+
+def _train_teacher(tokenizer, path: pathlib.Path) -> SigLIP2Backbone:
+    """The Stage D teacher: the student's architecture, trained on the
+    "curated" data (English, no rendered words) with the sigmoid loss."""
+    if path.exists():
+        print(f"loading the teacher of an earlier run from {path}")
+        return keras.saving.load_model(path, safe_mode=True)
+    teacher = _tiny_backbone(tokenizer.vocabulary_size(), prefix="teacher")
+    steps, batch_size = _STEPS.value, _BATCH_SIZE.value
+    data = training_batches(
+        generated_dataset(
+            "train",
+            seed=_SEED.value + 1,
+            side_range=DEMO_SIDE_RANGE,
+            **TEACHER_DATA,
+        ),
+        tokenizer,
+        batch_size,
+        image_converter=SigLIP2ImageConverter(
+            image_size=TINY_VISION["image_size"], interpolation="bilinear"
+        ),
+        seed=_SEED.value + 1,
+    ).map(lambda b: {"images": b["images"], "token_ids": b["token_ids"]})
+    teacher.compile(optimizer=siglip2_optimizer(total_steps=steps))
+    epochs = 4
+    history = teacher.fit(
+        data.prefetch(2),
+        epochs=epochs,
+        steps_per_epoch=max(1, steps // epochs),
+        verbose=1,
+    )
+    losses = history.history["loss"]
+    print(f"teacher sigmoid loss: first {losses[0]:.4f} last {losses[-1]:.4f}")
+    teacher.save(path)
+    return teacher
+
+
+def _recipe_demo(output_dir: pathlib.Path) -> dict:
     keras.utils.set_random_seed(_SEED.value)
     _print_header("Data and tokenizer")
     proto = train_demo_sentencepiece(vocab_size=TINY_TEXT["vocabulary_size"])
@@ -173,12 +541,7 @@ def _recipe_demo(output_dir: pathlib.Path) -> None:
         f"generated grounded multilingual dataset; SentencePiece vocabulary "
         f"of {tokenizer.vocabulary_size()} pieces trained on its captions"
     )
-    backbone = SigLIP2Backbone(
-        SigLIP2VisionEncoder(**TINY_VISION),
-        SigLIP2TextEncoder(
-            **{**TINY_TEXT, "vocabulary_size": tokenizer.vocabulary_size()}
-        ),
-    )
+    backbone = _tiny_backbone(tokenizer.vocabulary_size())
     _print_header("Tiny SigLIP2Backbone")
     print(
         "image tower: {image_size} px, patch {patch_size}, width "
@@ -215,77 +578,149 @@ def _recipe_demo(output_dir: pathlib.Path) -> None:
         f", total {backbone.count_params():,}"
     )
 
-    batch_size = _BATCH_SIZE.value
+    output_dir.mkdir(parents=True, exist_ok=True)
+    _print_header("NaFlex inputs")
+    grid_images = [
+        generate_example(
+            "test", _SEED.value, index, GeneratedConfig(image_size=size)
+        )["image"]
+        for index, size in enumerate(((24, 72), (48, 48), (64, 32)))
+    ]
+    grids = demo_plots.plot_naflex_grids(
+        grid_images,
+        TINY_VISION["patch_size"],
+        DEMO_NAFLEX_LENGTHS,
+        output_dir / "naflex_grids.png",
+    )
+    for image, row in zip(grid_images, grids):
+        print(
+            f"{image.shape[0]}x{image.shape[1]} px -> patch grids "
+            + ", ".join(
+                f"{r}x{c} (length {n})"
+                for (r, c), n in zip(row, DEMO_NAFLEX_LENGTHS)
+            )
+        )
+    print(f"wrote {output_dir / 'naflex_grids.png'}")
+
+    steps, batch_size = _STEPS.value, _BATCH_SIZE.value
+    every = max(1, steps // 20)
     config = RecipeConfig(
-        total_examples=_STEPS.value * batch_size,
+        total_examples=steps * batch_size,
         batch_size=batch_size,
-        checkpoint_every=max(1, _STEPS.value // 8),
+        checkpoint_every=every,
         image_size=TINY_VISION["image_size"],
-        stage_c_image_size=TINY_VISION["image_size"] + 16,
+        naflex=True,
+        naflex_sequence_lengths=DEMO_NAFLEX_LENGTHS,
         decoder_length=24,
-        num_location_bins=64,
+        num_location_bins=DEMO_LOCATION_BINS,
         num_local_crops=4,
         local_crop_size=16,
         head_hidden_dim=128,
         head_bottleneck_dim=32,
         num_prototypes=256,
         num_patch_prototypes=128,
+        distillation_examples=2 * every * batch_size * 2,
+        distillation_learning_rate=DEMO_DISTILLATION_LEARNING_RATE,
         seed=_SEED.value,
     )
-    recipe = SigLIP2Recipe(
-        config,
-        backbone,
-        tokenizer,
-        lambda start: generated_dataset(
-            "train", seed=_SEED.value, start=start, side_range=(24, 64)
-        ),
-    )
+    demo = _Demo(output_dir)
+    resumed = demo.resume()
+
     _print_header(
-        f"Recipe: {_STEPS.value} steps of {batch_size} examples, stages "
+        f"Stage D teacher: {steps} steps of {batch_size} curated examples"
+    )
+    print(
+        "the student's architecture trained with the sigmoid loss on "
+        "English-only captions without rendered words (ACID's teacher is "
+        "a model trained on curated data); it scores learnability in "
+        "Stage D"
+    )
+    teacher = _train_teacher(tokenizer, output_dir / "teacher.keras")
+
+    def examples_from(start):
+        return generated_dataset(
+            "train", seed=_SEED.value, start=start, side_range=DEMO_SIDE_RANGE
+        )
+
+    recipe = SigLIP2Recipe(
+        config, backbone, tokenizer, examples_from, teacher=teacher
+    )
+    # Created after the recipe's own decoder, so that one keeps its name
+    # (and checkpoint paths) in a resumed process.
+    vocabulary = LocCaVocabulary(
+        tokenizer.vocabulary_size(), DEMO_LOCATION_BINS
+    )
+    decoder = locca_decoder_for(
+        backbone, vocabulary.size, tokenizer.sequence_length + 4
+    )
+    demo.evaluate = _DemoEvaluation(
+        tokenizer,
+        decoder,
+        _DEMO_EVAL_EXAMPLES.value,
+        _DEMO_DECODER_STEPS.value,
+        _SEED.value,
+    )
+    demo.metadata = {
+        "steps": steps,
+        "batch_size": batch_size,
+        "seed": _SEED.value,
+        "eval_examples": _DEMO_EVAL_EXAMPLES.value,
+        "decoder_steps": _DEMO_DECODER_STEPS.value,
+        "backend": keras.backend.backend(),
+    }
+    _print_header("Evaluation of each stage on held-out generated data")
+    print(
+        "zero-shot top-1 (80 classes) on single-object test images; "
+        "image<->text retrieval R@1/R@5; referring-expression accuracy "
+        "(IoU >= 0.5, decoder trained on the frozen patch tokens); dense "
+        "linear-probe mIoU (10 classes)"
+    )
+    if resumed:
+        print(f"resuming from {ckpt.latest_checkpoint(demo.checkpoint_dir)}")
+    else:
+        demo.score("init (random)", backbone)
+
+    _print_header(
+        f"Recipe: {steps} steps of {batch_size} examples; stages "
         + ", ".join(
             f"{s.name} [{s.start_step}, {s.end_step})" for s in recipe.plan
         )
     )
-    output_dir.mkdir(parents=True, exist_ok=True)
+    print(
+        f"A: sigmoid + LocCa at {config.image_size} px; B: + self-"
+        "distillation and masked prediction (EMA teacher); C: the NaFlex "
+        f"variant (native aspect ratios, sequence lengths "
+        f"{DEMO_NAFLEX_LENGTHS}, one per batch, the remaining schedule "
+        f"stretched x{config.naflex_stretch}); D: ACID with the teacher at "
+        f"{config.image_size} px (super-batch x{config.super_batch_factor}, "
+        f"keeps {1 - config.filter_ratio:.0%}, lr "
+        f"{DEMO_DISTILLATION_LEARNING_RATE:g})"
+    )
     start = time.perf_counter()
-    result = recipe.fit(output_dir / "checkpoints", verbose=1)
+    result = recipe.fit(
+        demo.checkpoint_dir,
+        callbacks=[demo.recorder("recipe", recipe)],
+        verbose=1,
+        on_stage_end=demo.on_stage_end,
+    )
     print(f"recipe time: {time.perf_counter() - start:.1f} s")
-    for stage, history in result["histories"].items():
-        for name, values in history.items():
-            print(
-                f"stage {stage} {name}: first {values[0]:.4f} "
-                f"last {values[-1]:.4f}"
-            )
+    _print_histories(result["histories"])
     backbone = result["backbone"]
 
-    _print_header("Evaluation on held-out generated data")
-    image_size = backbone.vision_encoder.image_size
-    encoder = eval_lib.BackboneEncoder(backbone, tokenizer, batch_size=32)
-    test = _generated("test", 64, image_size, num_captions=3)
-    single = _generated("test", 64, image_size, num_objects=(1, 1))
-    train = _generated("train", 64, image_size)
-    results = {
-        "zero_shot": eval_lib.evaluate_zero_shot(
-            encoder, single, zero_shot_class_names("en")
-        ),
-        "retrieval": eval_lib.evaluate_retrieval(encoder, test),
-        "dense_probe": eval_lib.evaluate_dense_probe(
-            encoder,
-            train,
-            test,
-            class_names=GENERATED_CLASS_NAMES,
-            epochs=10,
-        ),
-    }
-    print(eval_lib.format_table(results, title="demo metrics"))
-    eval_lib.write_json(results, output_dir / "results.json")
-    print(f"wrote {output_dir / 'results.json'}")
+    _print_header("Metrics per stage (held-out generated data)")
+    print(format_stage_table(demo.rows))
+    print(f"wrote {demo.results_path}")
+    names = demo_plots.plot_loss_curves(
+        demo.runs, demo.stages, output_dir / "loss_curves.png"
+    )
+    print(f"wrote {output_dir / 'loss_curves.png'} ({', '.join(names)})")
 
     _print_header("save and reload")
     path = output_dir / "backbone.keras"
     backbone.save(path)
     print(f"saved {path} ({path.stat().st_size / 1e6:.2f} MB)")
     reloaded = keras.saving.load_model(path)
+    image_size = backbone.vision_encoder.image_size
     images = np.zeros((2, image_size, image_size, 3), "float32")
     check = {"images": images, "token_ids": token_ids[:2]}
     difference = np.max(
@@ -295,6 +730,7 @@ def _recipe_demo(output_dir: pathlib.Path) -> None:
         )
     )
     print(f"max abs difference of logits after reload: {difference:.3g}")
+    return demo.rows
 
 
 def _architecture_table() -> None:
