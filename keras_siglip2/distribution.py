@@ -8,7 +8,8 @@ SigLIP 2 trains with FSDP on TPU pods. In Keras this is a
 - `"model"`: every large weight (and its optimizer state) is split along
   one dimension over the devices of a row; XLA gathers it when needed.
 
-`LAYOUT_RULES` names a layout for every kind of weight in the library by a
+`LAYOUT_RULES` names a layout for every kind of weight in the library
+(towers, LocCa decoder, Stage B projection heads and EMA teacher) by a
 regex on its path (e.g. `vision_encoder/encoderblock_0/attention/query/
 kernel`), so new towers, decoders and heads built from the same layers are
 covered without edits. A weight that no rule matches would be silently
@@ -57,9 +58,23 @@ LAYOUT_RULES = (
     # width).
     (r"(.*/)?Embed_\d+/embeddings", (None, MODEL_AXIS)),
     (r"(.*/)?pos_embedding(/embeddings)?", (None, MODEL_AXIS)),
-    # Small weights: biases, LayerNorm, the MAP probe, temperature and bias.
+    # Stage B projection heads (student and EMA teacher): MLP layers
+    # (in, head_width) split along the head width (DINO: 2048), the
+    # bottleneck (head_width, bottleneck) along its input, the prototypes
+    # (bottleneck, num_prototypes) along the 65,536 prototypes.
+    (r"(.*/)?dense_\d+/kernel", (None, MODEL_AXIS)),
+    (r"(.*/)?bottleneck/kernel", (MODEL_AXIS, None)),
+    (r"(.*/)?prototypes", (None, MODEL_AXIS)),
+    # Small weights: biases, LayerNorm, the MAP probe, temperature and bias;
+    # Stage B's mask token, centres, switch step and flag, and the current
+    # values of its schedules.
     (r"(.*/)?(bias|gamma|beta|probe)", ()),
     (r"(.*/)?(t|b)", ()),
+    (
+        r"(.*/)?(mask_token|\w+_center|teacher_initialized"
+        r"|distillation_start_step|current_\w+)",
+        (),
+    ),
 )
 
 

@@ -3,6 +3,7 @@
 import keras
 
 from keras_siglip2.losses.decoder import decoder_loss
+from keras_siglip2.losses.ring import ring_sigmoid_loss
 from keras_siglip2.losses.sigmoid import sigmoid_loss
 from keras_siglip2.models.backbone import SigLIP2Backbone
 from keras_siglip2.models.locca_decoder import LocCaDecoder
@@ -28,6 +29,17 @@ class StageAModel(keras.Model):
     so Keras' own train step (any backend, distribution, mixed precision,
     gradient accumulation) runs it; each term is reported as a metric.
 
+    With `ring_loss=True` the sigmoid loss is computed by
+    `ring_sigmoid_loss` from the pooled embeddings: under the JAX backend
+    with a `keras.distribution` whose batch axis spans several devices,
+    each device keeps its images and the text embeddings travel around
+    the batch axis, so no device holds a `(batch / n, batch)` slice of
+    the logits. Loss and gradients are those of the plain loss; on one
+    device, without a distribution, and on TensorFlow and PyTorch it is
+    the plain loss. `call` then also returns `"image_embeddings"` and
+    `"text_embeddings"`; the logits it returns are left out of the
+    compiled train step when nothing reads them.
+
     Inputs are dicts with the backbone inputs (`"images"` or the NaFlex
     keys, `"token_ids"`) and the decoder batch: `"decoder_inputs"`,
     `"decoder_targets"` int `(batch, length)`, `"decoder_loss_weights"`
@@ -39,6 +51,8 @@ class StageAModel(keras.Model):
         decoder_loss_weight: float. Weight of the decoder loss (1.0).
         decoder_chunk_size: int or None. Tokens per chunk of the decoder
             cross-entropy (bounds logits memory); None = unchunked.
+        ring_loss: bool. Compute the sigmoid loss around the ring of
+            devices of the distribution's batch axis (False).
         **kwargs: `keras.Model` arguments.
     """
 
@@ -48,13 +62,20 @@ class StageAModel(keras.Model):
         decoder: LocCaDecoder,
         decoder_loss_weight: float = 1.0,
         decoder_chunk_size: int | None = None,
+        ring_loss: bool = False,
         **kwargs,
     ):
         super().__init__(**kwargs)
+        if not isinstance(ring_loss, bool):
+            raise TypeError(
+                f"`ring_loss` must be a bool; got {ring_loss!r} of type "
+                f"{type(ring_loss).__name__}."
+            )
         self.backbone = backbone
         self.decoder = decoder
         self.decoder_loss_weight = decoder_loss_weight
         self.decoder_chunk_size = decoder_chunk_size
+        self.ring_loss = ring_loss
         if not decoder.built:
             decoder.build((None, decoder.max_sequence_length))
         self.sigmoid_loss_tracker = keras.metrics.Mean(name="sigmoid_loss")
@@ -77,7 +98,11 @@ class StageAModel(keras.Model):
             image_mask=inputs.get("patch_mask"),
             training=training,
         )
-        return {"logits": logits, "decoder_hidden": hidden}
+        outputs = {"logits": logits, "decoder_hidden": hidden}
+        if self.ring_loss:
+            outputs["image_embeddings"] = vision["pooled_output"]
+            outputs["text_embeddings"] = text["pooled_output"]
+        return outputs
 
     def build(self, input_shape=None):
         # Both parts are built at construction.
@@ -86,7 +111,7 @@ class StageAModel(keras.Model):
     def compute_loss(
         self, x=None, y=None, y_pred=None, sample_weight=None, training=True
     ):
-        image_text = sigmoid_loss(y_pred["logits"])
+        image_text = self._image_text_loss(y_pred)
         captioning = decoder_loss(
             y_pred["decoder_hidden"],
             self.decoder.head.kernel,
@@ -102,6 +127,17 @@ class StageAModel(keras.Model):
             total = total + keras.ops.cast(extra, total.dtype)
         return total
 
+    def _image_text_loss(self, y_pred):
+        if not self.ring_loss:
+            return sigmoid_loss(y_pred["logits"])
+        logits = self.backbone.contrastive_logits
+        return ring_sigmoid_loss(
+            y_pred["image_embeddings"],
+            y_pred["text_embeddings"],
+            logits.logit_scale,
+            logits.logit_bias,
+        )
+
     def get_config(self):
         config = super().get_config()
         config.update(
@@ -110,6 +146,7 @@ class StageAModel(keras.Model):
                 "decoder": keras.layers.serialize(self.decoder),
                 "decoder_loss_weight": self.decoder_loss_weight,
                 "decoder_chunk_size": self.decoder_chunk_size,
+                "ring_loss": self.ring_loss,
             }
         )
         return config
