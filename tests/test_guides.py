@@ -74,6 +74,8 @@ def test_fine_tuning_guide():
     losses = re.search(r"^sigmoid loss per epoch: (.*)$", out, re.M)
     losses = [float(v) for v in losses.group(1).split(", ")]
     assert len(losses) == 5 and losses[-1] < losses[0]
+    blind = math.log(32) - 31 * math.log(31 / 32)
+    assert f"best loss of an input-blind model: {blind:.4f}" in out
     table = _table(out)
     for when in ("before", "after"):
         assert 0 <= table[(f"zero_shot/{when}", "top1")] <= 1
