@@ -68,6 +68,9 @@ def main(checkpoint_dir, output, naflex=False, stop_after_steps=None):
         num_location_bins=16,
         naflex=naflex,
         naflex_sequence_lengths=(8, 16),
+        # Stage C: batches 6 (length 8), 7 and 8 (16, two half steps each)
+        # in steps 6-11 (rounded up to a checkpoint segment).
+        naflex_stretch=1.5,
         stage_c_image_size=None if naflex else 20,
         num_local_crops=2,
         local_crop_size=8,

@@ -186,6 +186,7 @@ def _run(args, timeout=900):
     )
 
 
+@pytest.mark.slow
 def test_recipe_resumes_after_kill_minus_9_bit_exact(tmp_path):
     reference = _run([str(tmp_path / "ref"), str(tmp_path / "ref.npz")])
     assert reference.returncode == 0, reference.stderr[-3000:]
@@ -235,12 +236,14 @@ def _compare(first, second):
         return a["__stages__"], b["__stages__"]
 
 
+@pytest.mark.slow
 def test_naflex_recipe_resumes_mid_stage_c_through_stage_d(tmp_path):
     reference = _run(
         [str(tmp_path / "ref"), str(tmp_path / "ref.npz"), "naflex"]
     )
     assert reference.returncode == 0, reference.stderr[-3000:]
-    # Stop in the middle of the NaFlex Stage C (steps 6 to 12), resume.
+    # Stop in the NaFlex Stage C (steps 6-11) at step 8, between the two
+    # half-batch steps of batch 7, and resume.
     resumed = _run(
         [
             str(tmp_path / "staged"),
