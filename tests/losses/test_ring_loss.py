@@ -116,6 +116,37 @@ def worker_jax():
     finally:
         keras.distribution.set_distribution(None)
 
+    # mixed_bfloat16: bfloat16 embeddings, float32 loss and logits.
+    images, texts = embeddings(64)
+    bf16 = (jnp.asarray(images, "bfloat16"), jnp.asarray(texts, "bfloat16"))
+    scalars = (jnp.float32(LOGIT_SCALE), jnp.float32(LOGIT_BIAS))
+    ring = jax.jit(
+        jax.value_and_grad(
+            lambda *a: ring_sigmoid_loss(*a, mesh=meshes["8"]), (0, 1)
+        )
+    )
+    loss, grads = ring(*bf16, *scalars)
+    plain_loss, plain_grads = plain(*bf16, *scalars)
+    out["bfloat16"] = {
+        "loss_dtype": str(loss.dtype),
+        "grad_dtype": str(grads[0].dtype),
+        "loss_error": abs(float(loss) - float(plain_loss)),
+        "numpy_loss_error": abs(
+            float(loss)
+            - numpy_loss(
+                np.asarray(bf16[0], "float32"),
+                np.asarray(bf16[1], "float32"),
+                LOGIT_SCALE,
+                LOGIT_BIAS,
+            )
+        ),
+        "grad_error": _max_error(
+            np.asarray(grads[0], "float32"),
+            np.asarray(plain_grads[0], "float32"),
+        ),
+        "grad_scale": float(np.max(np.abs(np.asarray(plain_grads[0])))),
+    }
+
     try:
         images, texts = embeddings(12)
         ring_sigmoid_loss(images, texts, 0.0, 0.0, mesh=meshes["8"])
@@ -200,6 +231,19 @@ def test_ring_loss_uses_the_keras_distribution_mesh(worker):
     result = worker["keras_distribution"]
     assert result["uses_ring"]
     assert abs(result["loss"] - result["numpy_loss"]) <= 1e-4
+
+
+def test_ring_loss_mixed_bfloat16_on_8_devices(worker):
+    result = worker["bfloat16"]
+    assert result["loss_dtype"] == "float32"
+    assert result["grad_dtype"] == "bfloat16"
+    # Computed in float32 from the bfloat16 embeddings, like the plain loss.
+    assert result["loss_error"] <= 1e-5
+    assert result["numpy_loss_error"] <= 1e-4
+    # Both gradients are rounded to bfloat16: at most one unit in the last
+    # place (2**-8 relative) apart.
+    assert result["grad_scale"] > 1e-3
+    assert result["grad_error"] <= 2**-8 * result["grad_scale"]
 
 
 def test_ring_loss_indivisible_batch_is_an_error(worker):
