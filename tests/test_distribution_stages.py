@@ -12,7 +12,7 @@
 The oracle is the same model trained on one device. The distributed runs
 happen in a subprocess (XLA creates the virtual devices only if
 `XLA_FLAGS` is set before JAX starts): this file runs as a script there
-(the `worker_*` functions) and the tests assert on the JSON it prints.
+(the `worker` function) and the tests assert on the JSON it prints.
 """
 
 import json
@@ -34,7 +34,6 @@ from keras_siglip2.training.stage_b import StageBModel
 from keras_siglip2.training.stage_d import StageDModel
 
 NUM_DEVICES = 8
-MESHES = [("data_parallel", (8, 1)), ("fsdp", (2, 4))]
 NUM_CROPS = 2
 
 pytestmark = pytest.mark.skipif(
@@ -363,13 +362,9 @@ def test_distribution_ring_loss_step_equals_plain_step(results):
     # 8 data-parallel devices with the ring loss; one device with the
     # plain loss of the global logits.
     result = results["stage_b"]
+    assert "sigmoid_loss" in result["reference_logs"]
+    # Each loss term, the total and every weight.
     _check_step(result, "data_parallel (8, 1) ring")
-    run = result["runs"]["data_parallel (8, 1) ring"]
-    np.testing.assert_allclose(
-        run["logs"]["sigmoid_loss"],
-        result["reference_logs"]["sigmoid_loss"],
-        **LOSS_TOLERANCE,
-    )
 
 
 def test_distribution_ring_loss_runs_the_ring(results):
@@ -387,7 +382,8 @@ def test_distribution_stage_b_step_matches_single_device(
 ):
     result = results["stage_b"]
     _check_step(result, run)
-    # The EMA teacher moved in the step, and moved the same way.
+    # The teacher moved in the step (copied from the student, then one
+    # EMA update), and moved the same way.
     assert result["teacher_changed"] > 1e-3
     assert result["runs"][run]["teacher_error"] <= 1e-5
 

@@ -133,6 +133,39 @@ def test_stage_a_chunked_decoder_loss_equals_plain():
     np.testing.assert_allclose(a["loss"], b["loss"], rtol=1e-6)
 
 
+def test_stage_a_ring_loss_is_the_plain_loss_on_one_device():
+    plain = _stage_a()
+    ring = StageAModel(plain.backbone, plain.decoder, ring_loss=True)
+    batch = {k: np.asarray(v) for k, v in next(iter(_dataset(n=8))).items()}
+    outputs = ring(batch)
+    np.testing.assert_allclose(
+        np.asarray(
+            ring.backbone.contrastive_logits(
+                outputs["image_embeddings"], outputs["text_embeddings"]
+            )
+        ),
+        np.asarray(outputs["logits"]),
+        rtol=1e-6,
+    )
+    sigmoid, decoder = _numpy_losses(plain, batch)
+    # No distribution: `ring_sigmoid_loss` falls back to the global logits.
+    loss = ring.compute_loss(x=batch, y_pred=outputs)
+    np.testing.assert_allclose(float(loss), sigmoid + decoder, rtol=1e-5)
+    np.testing.assert_allclose(
+        float(ring.sigmoid_loss_tracker.result()), sigmoid, rtol=1e-5
+    )
+
+
+def test_stage_a_ring_loss_config_and_bad_value():
+    model = _stage_a()
+    assert model.get_config()["ring_loss"] is False
+    ring = StageAModel(model.backbone, model.decoder, ring_loss=True)
+    restored = StageAModel.from_config(ring.get_config())
+    assert restored.ring_loss is True
+    with pytest.raises(TypeError, match="must be a bool; got 'yes'"):
+        StageAModel(model.backbone, model.decoder, ring_loss="yes")
+
+
 def test_stage_a_fit_with_callbacks(tmp_path):
     model = _stage_a()
     model.compile(optimizer=siglip2_optimizer(total_steps=6))
@@ -175,10 +208,23 @@ _BACKEND_SCRIPT = textwrap.dedent(
         for a, b in zip(before, model.trainable_weights)
         if np.allclose(a, np.asarray(b))
     ]
+    # `ring_loss=True` falls back to the plain loss on this backend.
+    from keras_siglip2.training.stage_a import StageAModel
+    ring = StageAModel(model.backbone, model.decoder, ring_loss=True)
+    batch = {{
+        k: np.asarray(v) for k, v in next(iter(_dataset(n=8))).items()
+    }}
+    losses = [
+        float(keras.ops.convert_to_numpy(
+            m.compute_loss(x=batch, y_pred=m(batch))
+        ))
+        for m in (model, ring)
+    ]
     print("RESULT " + json.dumps({{
         "backend": keras.backend.backend(),
         "history": {{k: v[-1] for k, v in history.history.items()}},
-        "unchanged": unchanged}}))
+        "unchanged": unchanged,
+        "plain_and_ring_loss": losses}}))
     """
 )
 
@@ -201,6 +247,8 @@ def test_stage_a_fit_on_other_backends(backend):
     history = report["history"]
     assert {"loss", "sigmoid_loss", "decoder_loss"} <= set(history)
     assert all(np.isfinite(v) for v in history.values())
+    plain_loss, ring_loss = report["plain_and_ring_loss"]
+    np.testing.assert_allclose(ring_loss, plain_loss, rtol=1e-6)
     # One step updates every weight except the decoder's inner layers: its
     # output head starts at zero, so no gradient reaches them yet.
     unchanged = report["unchanged"]
