@@ -152,12 +152,12 @@ def test_demo_runs_every_stage_with_finite_decreasing_loss(demo):
     stdout, output_dir = demo
     plan = _plan(stdout)
     # 16 steps in 16 one-step segments: A to 80%, B to 90%, the NaFlex C
-    # stretched x3.75 (plus half-batch steps), D 10% of the steps with
-    # 2x super-batches, at least one segment.
+    # stretched x3.75 (plus half-batch steps), D 10% of the steps (2
+    # segments) with 2x super-batches.
     assert list(plan) == ["A", "B", "C", "D"]
     assert plan["A"] == (0, 12) and plan["B"] == (12, 14)
     assert plan["C"][0] == 14 and plan["C"][1] >= 14 + round(2 * 3.75)
-    assert plan["D"] == (plan["C"][1], plan["C"][1] + 1)
+    assert plan["D"] == (plan["C"][1], plan["C"][1] + 2)
     match = re.search(r"^stage A loss: first (\S+) last (\S+)$", stdout, re.M)
     assert match is not None
     first, last = float(match.group(1)), float(match.group(2))
@@ -392,3 +392,52 @@ def test_format_stage_table_prints_missing_metrics_as_na():
         "0.500"
     ]
     assert table[3].split()[4:] == ["n/a"] * 7
+
+
+@pytest.mark.parametrize("naflex", [False, True])
+def test_caching_encoder_gives_the_encoder_inputs_once_per_image(naflex):
+    from keras_siglip2.__main__ import _CachingEncoder
+    from keras_siglip2.data.generated import generated_examples
+    from keras_siglip2.eval import BackboneEncoder
+    from keras_siglip2.models import SigLIP2Backbone
+    from keras_siglip2.models import SigLIP2TextEncoder
+    from keras_siglip2.models import SigLIP2VisionEncoder
+
+    backbone = SigLIP2Backbone(
+        SigLIP2VisionEncoder(
+            image_size=16,
+            patch_size=4,
+            hidden_dim=8,
+            num_layers=1,
+            num_heads=2,
+            intermediate_dim=16,
+        ),
+        SigLIP2TextEncoder(
+            vocabulary_size=10,
+            hidden_dim=8,
+            num_layers=1,
+            num_heads=2,
+            intermediate_dim=16,
+            max_sequence_length=6,
+        ),
+        naflex=naflex,
+    )
+    images = [
+        e["image"]
+        for e in generated_examples("test", 0, 3, side_range=(12, 40))
+    ]
+    length = 20 if naflex else None
+    expected = BackboneEncoder(backbone, max_num_patches=length).image_inputs(
+        images
+    )
+    encoder = _CachingEncoder(backbone, max_num_patches=length)
+    for _ in range(2):
+        got = encoder.image_inputs(images[::-1])
+        if naflex:
+            for key in expected:
+                np.testing.assert_allclose(
+                    got[key], expected[key][::-1], atol=1e-5
+                )
+        else:
+            np.testing.assert_allclose(got, expected[::-1], atol=1e-6)
+    assert len(encoder._inputs) == 3
