@@ -453,6 +453,8 @@ class _Demo:
         self.output_dir = output_dir
         # Set once the recipe has built its layers (see `_recipe_demo`).
         self.evaluate = None
+        # The fixed-resolution backbone the recipe starts from.
+        self.fixed_backbone = None
         self.results_path = output_dir / "results.json"
         self.losses_path = output_dir / "losses.json"
         self.checkpoint_dir = output_dir / "checkpoints"
@@ -482,17 +484,30 @@ class _Demo:
         )
 
     def on_stage_end(self, stage: str, backbone) -> None:
-        """Scores a stage's backbone (NaFlex ones at each length)."""
-        if not backbone.naflex:
-            size = backbone.vision_encoder.image_size
-            self.score(f"{stage} ({size} px)", backbone)
-            return
-        for length in DEMO_NAFLEX_LENGTHS:
-            self.score(
-                f"{stage} NaFlex ({length} patches)",
-                backbone,
-                max_num_patches=length,
-            )
+        """Scores a stage's backbone.
+
+        A NaFlex backbone is scored at each sequence length, then in its
+        fixed-resolution form (the same encoders on square images), the
+        form Stage D trains, so that Stage D's own change shows.
+        """
+        if backbone.naflex:
+            for length in DEMO_NAFLEX_LENGTHS:
+                self.score(
+                    f"{stage} NaFlex ({length} patches)",
+                    backbone,
+                    max_num_patches=length,
+                )
+            fixed = self.fixed_backbone
+            if not (
+                fixed.vision_encoder is backbone.vision_encoder
+                and fixed.text_encoder is backbone.text_encoder
+            ):
+                fixed = SigLIP2Backbone(
+                    backbone.vision_encoder, backbone.text_encoder
+                )
+            backbone = fixed
+        size = backbone.vision_encoder.image_size
+        self.score(f"{stage} ({size} px)", backbone)
 
     def recorder(self, run: str, recipe) -> _StepLosses:
         """A loss recorder for `recipe`, resumed at its checkpoint."""
@@ -701,6 +716,7 @@ def _recipe_demo(output_dir: pathlib.Path) -> dict:
         _DEMO_DECODER_STEPS.value,
         _SEED.value,
     )
+    demo.fixed_backbone = backbone
     demo.metadata = {
         "steps": steps,
         "batch_size": batch_size,

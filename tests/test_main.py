@@ -18,6 +18,7 @@ STAGE_ROWS = (
     "C NaFlex (16 patches)",
     "C NaFlex (36 patches)",
     "C NaFlex (64 patches)",
+    "C (32 px)",
     "D (32 px)",
 )
 METRICS = (
