@@ -179,7 +179,9 @@ print("my_projection covered")
 #
 # It equals the plain loss and its gradients to float32 precision. To train
 # with it, return the embeddings from the model and compute the loss in
-# `compute_loss`; the rest of `fit` is unchanged.
+# `compute_loss`; the rest of `fit` is unchanged. `StageAModel` and
+# `StageBModel` (and so the recipe, `RecipeConfig(ring_loss=True)`) do this
+# for you with `ring_loss=True`.
 
 
 class RingSigLIP(keras.Model):

@@ -123,6 +123,9 @@ class RecipeConfig:
         local_crop_size: side of the local crops (None: half the image).
         head_hidden_dim, head_bottleneck_dim, num_prototypes,
             num_patch_prototypes: Stage B projection heads (DINO/iBOT).
+        ring_loss: compute the sigmoid loss of stages A-C with the ring
+            (chunked) form under a multi-device JAX distribution
+            (`StageAModel(ring_loss=True)`); equal to the plain loss.
         checkpoint_every: steps between checkpoints (and stage boundaries
             are rounded to multiples of it).
         seed: seeds data choices and new parameters.
@@ -168,6 +171,7 @@ class RecipeConfig:
     head_bottleneck_dim: int = 256
     num_prototypes: int = 65536
     num_patch_prototypes: int = 8192
+    ring_loss: bool = False
     checkpoint_every: int = 100
     seed: int = 0
 
@@ -599,6 +603,7 @@ class SigLIP2Recipe:
                 steps * c.teacher_temperature_warmup_fraction
             ),
             center_momentum=c.center_momentum,
+            ring_loss=c.ring_loss,
             distillation_start_step=self._distillation_start,
             seed=c.seed,
             # One name: checkpoints address variables by path.
@@ -610,6 +615,7 @@ class SigLIP2Recipe:
             backbone,
             self.decoder,
             decoder_loss_weight=self.config.decoder_loss_weight,
+            ring_loss=self.config.ring_loss,
         )
 
     def _resized(self) -> bool:

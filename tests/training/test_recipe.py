@@ -391,3 +391,20 @@ def test_recipe_rejects_bad_inputs_before_training(tokenizer):
             tokenizer,
             _no_examples,
         )
+
+
+def test_recipe_ring_loss_reaches_the_stage_models(tokenizer):
+    vocabulary = tokenizer.vocabulary_size()
+    recipe = SigLIP2Recipe(
+        _tiny_config(ring_loss=True),
+        _backbone(vocabulary),
+        tokenizer,
+        _no_examples,
+    )
+    backbone = recipe._initial_backbone
+    assert recipe._stage_a_model(backbone).ring_loss is True
+    assert recipe._stage_b_model(backbone).ring_loss is True
+    plain = SigLIP2Recipe(
+        _tiny_config(), _backbone(vocabulary), tokenizer, _no_examples
+    )
+    assert plain._stage_a_model(plain._initial_backbone).ring_loss is False
