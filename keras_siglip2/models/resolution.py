@@ -57,8 +57,51 @@ def _copy_vision_encoder(encoder: SigLIP2VisionEncoder, **overrides):
     return SigLIP2VisionEncoder.from_config(config)
 
 
+def resize_vision_weights(
+    source: SigLIP2VisionEncoder, target: SigLIP2VisionEncoder
+) -> None:
+    """Copies a vision encoder's weights into one of another resolution
+    or patch size.
+
+    The position table is resized (antialiased bilinear) to `target`'s
+    grid, the patch kernel is PI-resized (`pi_resize_patch_kernel`) when
+    the patch sizes differ, and every other weight is copied.
+
+    Args:
+        source: a built `SigLIP2VisionEncoder`.
+        target: a built encoder with the same config except `image_size`
+            and/or `patch_size`.
+
+    Raises:
+        ValueError: if the two encoders differ in architecture.
+    """
+    if len(source.weights) != len(target.weights) or any(
+        s.shape != t.shape
+        for s, t in zip(source.weights, target.weights)
+        if s is not source.position_embedding.embeddings
+        and s is not source.patch_embedding.kernel
+    ):
+        raise ValueError(
+            f"Encoders {source.name!r} and {target.name!r} differ in "
+            "architecture (only image and patch size may differ)."
+        )
+    table = source.position_embedding.embeddings
+    kernel = source.patch_embedding.kernel
+    grid = target.grid_size
+    for src, dst in zip(source.weights, target.weights):
+        if src is table:
+            value = source.position_embedding.resize(grid, grid)
+        elif src is kernel and source.patch_size != target.patch_size:
+            value = pi_resize_patch_kernel(
+                keras.ops.convert_to_numpy(kernel), target.patch_size
+            )
+        else:
+            value = src.value
+        dst.assign(value)
+
+
 def _rebuild(backbone: SigLIP2Backbone, vision: SigLIP2VisionEncoder):
-    """A new backbone with `vision`, copying every other weight."""
+    """A new backbone with `vision`, every weight copied or resized."""
     text = keras.layers.deserialize(
         keras.layers.serialize(backbone.text_encoder)
     )
@@ -75,14 +118,7 @@ def _rebuild(backbone: SigLIP2Backbone, vision: SigLIP2VisionEncoder):
     new.contrastive_logits.set_weights(
         backbone.contrastive_logits.get_weights()
     )
-    old_vision = backbone.vision_encoder
-    skipped = {
-        id(old_vision.patch_embedding.kernel),
-        id(old_vision.position_embedding.embeddings),
-    }
-    for source, target in zip(old_vision.weights, new.vision_encoder.weights):
-        if id(source) not in skipped:
-            target.assign(source)
+    resize_vision_weights(backbone.vision_encoder, new.vision_encoder)
     return new
 
 
@@ -101,15 +137,10 @@ def with_image_size(
     Returns:
         A new `SigLIP2Backbone`; `backbone` is unchanged.
     """
-    old = backbone.vision_encoder
-    vision = _copy_vision_encoder(old, image_size=image_size)
-    new = _rebuild(backbone, vision)
-    grid = vision.grid_size
-    new.vision_encoder.position_embedding.embeddings.assign(
-        old.position_embedding.resize(grid, grid)
+    vision = _copy_vision_encoder(
+        backbone.vision_encoder, image_size=image_size
     )
-    new.vision_encoder.patch_embedding.kernel.assign(old.patch_embedding.kernel)
-    return new
+    return _rebuild(backbone, vision)
 
 
 def with_patch_size(
@@ -134,15 +165,4 @@ def with_patch_size(
         patch_size=patch_size,
         image_size=image_size or old.image_size,
     )
-    new = _rebuild(backbone, vision)
-    grid = vision.grid_size
-    new.vision_encoder.position_embedding.embeddings.assign(
-        old.position_embedding.resize(grid, grid)
-    )
-    new.vision_encoder.patch_embedding.kernel.assign(
-        pi_resize_patch_kernel(
-            keras.ops.convert_to_numpy(old.patch_embedding.kernel),
-            patch_size,
-        )
-    )
-    return new
+    return _rebuild(backbone, vision)

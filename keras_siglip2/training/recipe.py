@@ -47,7 +47,7 @@ from keras_siglip2.data.pipeline import training_batches
 from keras_siglip2.models.backbone import SigLIP2Backbone
 from keras_siglip2.models.image_converter import SigLIP2ImageConverter
 from keras_siglip2.models.locca_decoder import locca_decoder_for
-from keras_siglip2.models.resolution import pi_resize_patch_kernel
+from keras_siglip2.models.resolution import resize_vision_weights
 from keras_siglip2.models.resolution import with_image_size
 from keras_siglip2.models.resolution import with_patch_size
 from keras_siglip2.training import checkpoint as ckpt
@@ -876,7 +876,7 @@ class SigLIP2Recipe:
                         f"missing {sorted(skipped - resized)}."
                     )
                 if isinstance(model, StageBModel):
-                    resize_vision_encoder_into(
+                    resize_vision_weights(
                         self.stage_b_model.teacher_encoder,
                         model.teacher_encoder,
                     )
@@ -896,36 +896,6 @@ class SigLIP2Recipe:
         if self._c_distills:
             return self._stage_b_model(backbone)
         return self._stage_a_model(backbone)
-
-
-def resize_vision_encoder_into(source, target):
-    """Copies `source`'s weights into an encoder of another resolution
-    or patch size, exactly as `with_image_size` / `with_patch_size` do:
-    antialiased-bilinear position table, PI-resized patch kernel.
-
-    Args:
-        source: a built `SigLIP2VisionEncoder`.
-        target: a built encoder with the same config but `image_size`
-            and/or `patch_size`.
-    """
-    if len(source.weights) != len(target.weights):
-        raise ValueError(
-            f"Encoders {source.name!r} and {target.name!r} differ in "
-            "architecture."
-        )
-    table = source.position_embedding.embeddings
-    kernel = source.patch_embedding.kernel
-    grid = target.grid_size
-    for src, dst in zip(source.weights, target.weights):
-        if src is table:
-            value = source.position_embedding.resize(grid, grid)
-        elif src is kernel and source.patch_size != target.patch_size:
-            value = pi_resize_patch_kernel(
-                keras.ops.convert_to_numpy(kernel), target.patch_size
-            )
-        else:
-            value = src.value
-        dst.assign(value)
 
 
 def _vision_encoders(model):

@@ -14,6 +14,7 @@ from keras_siglip2.data.pipeline import split_longest_batches
 from keras_siglip2.data.pipeline import training_batches
 from keras_siglip2.data.vocabulary import train_demo_sentencepiece
 from keras_siglip2.models.backbone import SigLIP2Backbone
+from keras_siglip2.models.resolution import resize_vision_weights
 from keras_siglip2.models.resolution import with_image_size
 from keras_siglip2.models.resolution import with_patch_size
 from keras_siglip2.models.text_encoder import SigLIP2TextEncoder
@@ -24,7 +25,6 @@ from keras_siglip2.training.optimizer import siglip2_optimizer
 from keras_siglip2.training.recipe import RecipeConfig
 from keras_siglip2.training.recipe import SigLIP2Recipe
 from keras_siglip2.training.recipe import naflex_step_sizes
-from keras_siglip2.training.recipe import resize_vision_encoder_into
 from keras_siglip2.training.recipe import stage_plan
 from keras_siglip2.training.stage_b import StageBModel
 
@@ -104,7 +104,7 @@ def test_teacher_encoder_is_resized_like_the_student(patch_size):
     config = oracle.vision_encoder.get_config()
     target = SigLIP2VisionEncoder.from_config({**config, "name": "target"})
     target.build((None, config["image_size"], config["image_size"], 3))
-    resize_vision_encoder_into(backbone.vision_encoder, target)
+    resize_vision_weights(backbone.vision_encoder, target)
     for expected, got in zip(oracle.vision_encoder.weights, target.weights):
         np.testing.assert_allclose(
             np.asarray(got), np.asarray(expected), atol=1e-6, rtol=1e-6
