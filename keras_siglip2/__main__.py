@@ -5,8 +5,9 @@
   recipe offline on the generated dataset with a tiny model (both towers
   width 64, 2 layers, 4 heads, MLP 256; 32 px images in 8 px patches;
   16-token texts; a 1000-piece SentencePiece vocabulary trained on the
-  captions; ~330k parameters), in about 5-10 minutes on 2 CPU cores with
-  the defaults (N=800 steps of B=32): it trains the Stage D teacher
+  captions; ~330k parameters), in about 14 minutes (10 CPU-minutes) on
+  2 busy CPU cores with the defaults (N=800 steps of B=32; see
+  benchmarks/RESULTS.md): it trains the Stage D teacher
   (same architecture, sigmoid loss, "curated" English-only data, N
   steps), then stages A (sigmoid + LocCa), B (+ self-distillation and
   masked prediction), C (the NaFlex variant, sequence lengths 16/36/64)
@@ -375,6 +376,15 @@ class _DemoEvaluation:
     model); a dense linear probe's mIoU (patch-centre labels). All
     images are generated at native aspect ratios; fixed-resolution models
     see them resized to their square input, NaFlex models patchified.
+
+    Args:
+        tokenizer: the `SigLIP2Tokenizer` of the backbones.
+        decoder: the referring `LocCaDecoder` (its vocabulary the
+            `LocCaVocabulary` of the tokenizer with `DEMO_LOCATION_BINS`);
+            reset to its initial weights before each evaluation.
+        num_examples: int. Test images (validation images: twice as many).
+        decoder_steps: int. Training steps of the decoder.
+        seed: int. Data and shuffling seed.
     """
 
     def __init__(self, tokenizer, decoder, num_examples, decoder_steps, seed):
