@@ -16,6 +16,11 @@ class TransformerEncoderBlock(keras.layers.Layer):
         intermediate_dim: int. MLP hidden width.
         layer_norm_epsilon: float. LayerNorm epsilon (1e-6 in SigLIP).
         dropout: float. Dropout on both residual branches while training.
+        remat: bool. Rematerialise the block in the backward pass
+            (`keras.remat`, i.e. `jax.checkpoint` on JAX): only the block's
+            input is kept for the gradient, and its activations are
+            recomputed, trading about one extra forward for memory at
+            large batch. No effect on outputs.
         **kwargs: base layer arguments.
 
     Call arguments:
@@ -41,6 +46,7 @@ class TransformerEncoderBlock(keras.layers.Layer):
         intermediate_dim: int,
         layer_norm_epsilon: float = 1e-6,
         dropout: float = 0.0,
+        remat: bool = False,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -49,6 +55,7 @@ class TransformerEncoderBlock(keras.layers.Layer):
         self.intermediate_dim = intermediate_dim
         self.layer_norm_epsilon = layer_norm_epsilon
         self.dropout = dropout
+        self.remat = remat
         self.layer_norm_1 = keras.layers.LayerNormalization(
             epsilon=layer_norm_epsilon, dtype=self.dtype_policy, name="ln_0"
         )
@@ -71,6 +78,13 @@ class TransformerEncoderBlock(keras.layers.Layer):
         self.built = True
 
     def call(self, x, attention_mask=None, training=None):
+        if self.remat:
+            return keras.remat(
+                lambda x, mask: self._forward(x, mask, training)
+            )(x, attention_mask)
+        return self._forward(x, attention_mask, training)
+
+    def _forward(self, x, attention_mask, training):
         y = self.layer_norm_1(x)
         y = self.attention(y, y, attention_mask=attention_mask)
         x = x + self.dropout_layer(y, training=training)
@@ -89,6 +103,7 @@ class TransformerEncoderBlock(keras.layers.Layer):
                 "intermediate_dim": self.intermediate_dim,
                 "layer_norm_epsilon": self.layer_norm_epsilon,
                 "dropout": self.dropout,
+                "remat": self.remat,
             }
         )
         return config

@@ -36,6 +36,9 @@ class SigLIP2VisionEncoder(keras.layers.Layer):
         layer_norm_epsilon: float. LayerNorm epsilon.
         use_head: bool. Whether to pool with a MAP head. Without it,
             `pooled_output` is the mean of the tokens.
+        remat: bool. Rematerialise each transformer block in the
+            backward pass (see `TransformerEncoderBlock`), for training at
+            large batch; outputs are unchanged.
         **kwargs: base layer arguments.
 
     Call arguments:
@@ -70,6 +73,7 @@ class SigLIP2VisionEncoder(keras.layers.Layer):
         intermediate_dim: int,
         layer_norm_epsilon: float = 1e-6,
         use_head: bool = True,
+        remat: bool = False,
         **kwargs,
     ):
         kwargs.setdefault("name", "vision_encoder")
@@ -81,6 +85,7 @@ class SigLIP2VisionEncoder(keras.layers.Layer):
         self.num_heads = num_heads
         self.intermediate_dim = intermediate_dim
         self.layer_norm_epsilon = layer_norm_epsilon
+        self.remat = remat
         self.use_head = use_head
         self.grid_size = image_size // patch_size
 
@@ -100,6 +105,7 @@ class SigLIP2VisionEncoder(keras.layers.Layer):
                 num_heads,
                 intermediate_dim,
                 layer_norm_epsilon=layer_norm_epsilon,
+                remat=remat,
                 dtype=self.dtype_policy,
                 name=f"encoderblock_{i}",
             )
@@ -242,6 +248,7 @@ class SigLIP2VisionEncoder(keras.layers.Layer):
                 "num_heads": self.num_heads,
                 "intermediate_dim": self.intermediate_dim,
                 "layer_norm_epsilon": self.layer_norm_epsilon,
+                "remat": self.remat,
                 "use_head": self.use_head,
             }
         )
