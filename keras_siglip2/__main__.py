@@ -819,7 +819,7 @@ def demo() -> None:
         f"keras-siglip2 demo (Keras {keras.__version__}, backend "
         f"{keras.backend.backend()})"
     )
-    _recipe_demo(pathlib.Path(_OUTPUT_DIR.value))
+    _exit_on_value_error(lambda: _recipe_demo(pathlib.Path(_OUTPUT_DIR.value)))
     _architecture_table()
     print(f"\ndone in {time.perf_counter() - start:.1f} s")
 
