@@ -12,8 +12,8 @@ torch GEMMs of the towers' shapes and a square 2048 one) and MFU =
 analytic FLOP/s / peak. Peak RSS of each peer is measured alone in a
 subprocess (build + warm-up + timed calls).
 
-    python benchmarks/forward.py                 # ~4 min on 2 cores
-    python benchmarks/forward.py --quick         # ~1 min
+    python benchmarks/forward.py --repeats 5     # 18 min, loaded 2 vCPUs
+    python benchmarks/forward.py --quick         # 3 rounds, no RSS
     python benchmarks/forward.py --towers vision --peers ours,hf
 
 Prints a Markdown section to paste into benchmarks/RESULTS.md.

@@ -10,7 +10,7 @@ and, as a peer, HF transformers' `Siglip2VisionModel` on the same NaFlex
 batch. The per-example position-table resize is also timed alone
 (vectorised over the batch: one `(batch, 256, 256) @ (256, 768)` matmul).
 
-    python benchmarks/naflex_vs_fixed.py               # ~3 min on 2 cores
+    python benchmarks/naflex_vs_fixed.py --repeats 5   # 6 min, loaded
     python benchmarks/naflex_vs_fixed.py --batch 4 --repeats 3
 
 Prints a Markdown section to paste into benchmarks/RESULTS.md.

@@ -13,7 +13,7 @@ mixed_bfloat16, interleaved.
 bfloat16 speed depends on the CPU: with AVX-512-BF16/AMX the GEMMs run
 natively; without (AVX2 only), XLA converts to float32 around the dots.
 
-    python benchmarks/precision.py                 # ~4 min on 2 cores
+    python benchmarks/precision.py                 # 9 min, loaded 2 vCPUs
     python benchmarks/precision.py --towers vision --repeats 3
 
 Prints a Markdown section to paste into benchmarks/RESULTS.md.
