@@ -5,9 +5,10 @@
   recipe offline on the generated dataset with a tiny model (both towers
   width 64, 2 layers, 4 heads, MLP 256; 32 px images in 8 px patches;
   16-token texts; a 1000-piece SentencePiece vocabulary trained on the
-  captions; ~330k parameters), in about 14 minutes (10 CPU-minutes) on
-  2 busy CPU cores with the defaults (N=800 steps of B=32; see
-  benchmarks/RESULTS.md): it trains the Stage D teacher
+  captions; ~330k parameters), in about 6.5 minutes on 2 otherwise idle
+  CPU cores with the defaults (N=800 steps of B=32; 14 minutes on cores
+  shared with other work, see benchmarks/RESULTS.md): it trains the
+  Stage D teacher
   (same architecture, sigmoid loss, "curated" English-only data, N
   steps), then stages A (sigmoid + LocCa), B (+ self-distillation and
   masked prediction), C (the NaFlex variant, sequence lengths 16/36/64)
