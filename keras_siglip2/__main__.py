@@ -8,19 +8,19 @@
   captions; ~330k parameters), in about 6.5 minutes on 2 otherwise idle
   CPU cores with the defaults (N=800 steps of B=32; 14 minutes on cores
   shared with other work, see benchmarks/RESULTS.md): it trains the
-  Stage D teacher
-  (same architecture, sigmoid loss, "curated" English-only data, N
-  steps), then stages A (sigmoid + LocCa), B (+ self-distillation and
-  masked prediction), C (the NaFlex variant, sequence lengths 16/36/64)
-  and D (ACID with that teacher), with Keras progress bars and resumable
-  checkpoints in `DIR/checkpoints`. After each stage (and at random
-  init) it scores zero-shot top-1, image<->text retrieval R@1/R@5,
-  referring-expression accuracy and dense-probe mIoU on held-out data
-  (E test images), prints them as a table per stage and writes
-  `DIR/results.json`; it writes `DIR/loss_curves.png` (per-step losses,
-  stages shaded), `DIR/naflex_grids.png` (patch grids of images of three
-  aspect ratios at each length) and `DIR/backbone.keras`, reloads it, and
-  prints the parameter counts of the real SigLIP 2 sizes.
+  Stage D teacher (same architecture, sigmoid loss, "curated"
+  English-only data, N steps), then stages A (sigmoid + LocCa), B (+
+  self-distillation and masked prediction), C (the NaFlex variant,
+  sequence lengths 16/36/64) and D (ACID with that teacher), with Keras
+  progress bars and resumable checkpoints in `DIR/checkpoints`. After
+  each stage (and at random init) it scores zero-shot top-1,
+  image<->text retrieval R@1/R@5, referring-expression accuracy and
+  dense-probe mIoU on held-out data (E test images), prints them as a
+  table per stage and writes `DIR/results.json`; it writes
+  `DIR/loss_curves.png` (per-step losses, stages shaded),
+  `DIR/naflex_grids.png` (patch grids of images of three aspect ratios
+  at each length) and `DIR/backbone.keras`, reloads it, and prints the
+  parameter counts of the real SigLIP 2 sizes.
 - `convert --from {hf,big_vision,keras_hub,keras} --to
   {keras,hf,keras_hub,big_vision} SRC DST` converts a checkpoint, with a
   progress bar over its tensors. `keras` is a `.keras` file (when the path
