@@ -14,6 +14,7 @@ encoder's depth) is trained on them for a few steps; any decoder can be
 passed instead, e.g. a Stage A one to fine-tune.
 """
 
+import random
 from collections.abc import Iterable
 from collections.abc import Sequence
 
@@ -406,8 +407,8 @@ def evaluate_referring(
         num_location_bins: int. Location tokens per coordinate.
         steps, batch_size, learning_rate: decoder training.
         threshold: float. IoU for a correct box.
-        seed: int. Shuffling seed; without `decoder`, also Keras' global
-            seed (`keras.utils.set_random_seed`) before building one.
+        seed: int. Shuffling seed; without `decoder`, also the seed of
+            the new decoder's initial weights.
 
     Returns:
         flat dict: `"accuracy@{threshold}"`, `"mean_iou"`,
@@ -419,12 +420,20 @@ def evaluate_referring(
     tokenizer = encoder.tokenizer
     vocabulary = LocCaVocabulary(tokenizer.vocabulary_size(), num_location_bins)
     if decoder is None:
-        keras.utils.set_random_seed(seed)
-        decoder = locca_decoder_for(
-            encoder.backbone,
-            vocabulary.size,
-            tokenizer.sequence_length + _BOX_TOKENS,
-        )
+        # Keras draws unseeded initializer seeds from Python's `random`:
+        # seed it for this build only. (`keras.utils.set_random_seed` would
+        # also reset TensorFlow's seed, which destroys the SentencePiece
+        # resources of tokenizers already used in `tf.data`.)
+        python_random_state = random.getstate()
+        random.seed(seed)
+        try:
+            decoder = locca_decoder_for(
+                encoder.backbone,
+                vocabulary.size,
+                tokenizer.sequence_length + _BOX_TOKENS,
+            )
+        finally:
+            random.setstate(python_random_state)
     if decoder.vocabulary_size != vocabulary.size:
         raise ValueError(
             f"The decoder's vocabulary ({decoder.vocabulary_size}) must be "

@@ -10,6 +10,7 @@ checks that training sequences, prompts and greedy decoding line up.
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from keras_siglip2.data import generated
 from keras_siglip2.data.locca import REFERRING
@@ -187,3 +188,10 @@ def test_decoder_on_frozen_tiny_encoder_learns_its_boxes():
     assert 0.5 <= results["mean_iou"] <= 1.0
     for before, after in zip(frozen, backbone.weights):
         np.testing.assert_array_equal(before, after.numpy())
+    # Building the decoder keeps TensorFlow's state (no global reseed):
+    # the tokenizer still works inside tf.data.
+    texts = ["a red circle", "ein blaues quadrat"]
+    in_graph = next(
+        iter(tf.data.Dataset.from_tensors(texts).map(tokenizer))
+    ).numpy()
+    np.testing.assert_array_equal(in_graph, np.asarray(tokenizer(texts)))
