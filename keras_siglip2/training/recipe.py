@@ -806,11 +806,28 @@ class SigLIP2Recipe:
                     f"Checkpoint {path} holds no recipe config; it was not "
                     "written by `SigLIP2Recipe.fit`."
                 )
+            # A field added after the checkpoint was written counts as
+            # equal when the run keeps its default.
+            defaults = json.loads(
+                json.dumps(
+                    {
+                        f.name: f.default
+                        for f in dataclasses.fields(RecipeConfig)
+                        if f.default is not dataclasses.MISSING
+                    }
+                )
+            )
+            saved = {
+                **{k: v for k, v in defaults.items() if k in current},
+                **saved,
+            }
             keys = sorted(
                 key
                 for key in set(saved) | set(current)
                 if saved.get(key) != current.get(key)
             )
+            if not keys:
+                return
             detail = ", ".join(
                 f"{k}: {saved.get(k)!r} (checkpoint) vs "
                 f"{current.get(k)!r} (now)"

@@ -408,3 +408,22 @@ def test_recipe_ring_loss_reaches_the_stage_models(tokenizer):
         _tiny_config(), _backbone(vocabulary), tokenizer, _no_examples
     )
     assert plain._stage_a_model(plain._initial_backbone).ring_loss is False
+
+
+def test_recipe_accepts_a_checkpoint_without_a_newer_default_field(
+    tokenizer, tmp_path
+):
+    vocabulary = tokenizer.vocabulary_size()
+    recipe = SigLIP2Recipe(
+        _tiny_config(), _backbone(vocabulary), tokenizer, _no_examples
+    )
+    older = {k: v for k, v in recipe.config_json().items() if k != "ring_loss"}
+    recipe._check_checkpoint({"config": older}, tmp_path)  # no error
+    ring = SigLIP2Recipe(
+        _tiny_config(ring_loss=True),
+        _backbone(vocabulary),
+        tokenizer,
+        _no_examples,
+    )
+    with pytest.raises(ValueError, match=r"ring_loss: False \(checkpoint\)"):
+        ring._check_checkpoint({"config": older}, tmp_path)
