@@ -19,6 +19,7 @@ import keras_hub
 import numpy as np
 import pytest
 import tensorflow as tf
+from keras_hub_models import tiny_keras_hub_siglip
 from transformers import SiglipImageProcessorPil
 from transformers.image_utils import PILImageResampling
 
@@ -374,25 +375,7 @@ def test_from_keras_hub_converter_preset(tmp_path):
 
 
 def test_from_keras_hub_backbone_config(tmp_path):
-    vision = keras_hub.models.SigLIPVisionEncoder(
-        patch_size=4,
-        hidden_dim=8,
-        num_layers=1,
-        num_heads=2,
-        intermediate_dim=8,
-        image_shape=(12, 12, 3),
-    )
-    text = keras_hub.models.SigLIPTextEncoder(
-        vocabulary_size=10,
-        embedding_dim=8,
-        hidden_dim=8,
-        num_layers=1,
-        num_heads=2,
-        intermediate_dim=8,
-        max_sequence_length=4,
-        projection_dim=8,
-    )
-    keras_hub.models.SigLIPBackbone(vision, text).save_to_preset(str(tmp_path))
+    tiny_keras_hub_siglip(12, 10, 4).save_to_preset(str(tmp_path))
     config = SigLIP2ImageConverter.from_preset(tmp_path).get_config()
     expected = SigLIP2ImageConverter(image_size=12).get_config()
     config.pop("name"), expected.pop("name")

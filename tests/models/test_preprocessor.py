@@ -12,6 +12,7 @@ import pytest
 import sentencepiece_fixture as fixture
 import tensorflow as tf
 from keras_hub.src.utils import preset_utils
+from keras_hub_models import tiny_keras_hub_siglip
 
 from keras_siglip2.models.backbone import SigLIP2Backbone
 from keras_siglip2.models.image_converter import SigLIP2ImageConverter
@@ -255,28 +256,6 @@ def test_naflex_feeds_naflex_backbone_end_to_end(proto):
 # --- Presets ------------------------------------------------------------------
 
 
-def _keras_hub_siglip_backbone(image_size, vocabulary_size, length):
-    vision = keras_hub.models.SigLIPVisionEncoder(
-        patch_size=4,
-        hidden_dim=8,
-        num_layers=1,
-        num_heads=2,
-        intermediate_dim=8,
-        image_shape=(image_size, image_size, 3),
-    )
-    text = keras_hub.models.SigLIPTextEncoder(
-        vocabulary_size=vocabulary_size,
-        embedding_dim=8,
-        hidden_dim=8,
-        num_layers=1,
-        num_heads=2,
-        intermediate_dim=8,
-        max_sequence_length=length,
-        projection_dim=8,
-    )
-    return keras_hub.models.SigLIPBackbone(vision, text)
-
-
 @pytest.fixture(scope="module")
 def t5_proto():
     return fixture.train_t5_like()
@@ -321,7 +300,7 @@ def test_from_keras_hub_backbone_and_gemma_tokenizer(proto, tmp_path):
     """Backbone + tokenizer only: the image size and text length come from
     `config.json`; the result feeds the translated backbone, which agrees
     with keras-hub's."""
-    theirs = _keras_hub_siglip_backbone(12, 1000, 64)
+    theirs = tiny_keras_hub_siglip(12, 1000, 64)
     theirs.save_to_preset(str(tmp_path))
     keras_hub.tokenizers.GemmaTokenizer(proto=proto).save_to_preset(
         str(tmp_path)

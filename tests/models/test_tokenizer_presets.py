@@ -21,6 +21,7 @@ import pytest
 import sentencepiece_fixture as fixture
 import tensorflow as tf
 from keras_hub.src.utils import preset_utils
+from keras_hub_models import tiny_keras_hub_siglip
 from tokenizers import normalizers
 
 from keras_siglip2.models.presets import get_preset
@@ -167,25 +168,7 @@ def test_v1_and_v2_from_either_class(gemma_preset, siglip_preset):
 def test_keras_hub_backbone_sets_the_length(tmp_path, t5_file, strings):
     """Backbone + tokenizer presets (no preprocessor): the text tower's
     `max_sequence_length`, which keras-hub's model requires exactly."""
-    vision = keras_hub.models.SigLIPVisionEncoder(
-        patch_size=4,
-        hidden_dim=8,
-        num_layers=1,
-        num_heads=2,
-        intermediate_dim=8,
-        image_shape=(8, 8, 3),
-    )
-    text = keras_hub.models.SigLIPTextEncoder(
-        vocabulary_size=800,
-        embedding_dim=8,
-        hidden_dim=8,
-        num_layers=1,
-        num_heads=2,
-        intermediate_dim=8,
-        max_sequence_length=12,
-        projection_dim=8,
-    )
-    keras_hub.models.SigLIPBackbone(vision, text).save_to_preset(str(tmp_path))
+    tiny_keras_hub_siglip(8, 800, 12).save_to_preset(str(tmp_path))
     keras_hub.tokenizers.SigLIPTokenizer(
         proto=t5_file.read_bytes(), add_eos=True
     ).save_to_preset(str(tmp_path))
