@@ -49,7 +49,6 @@ from collections.abc import Callable
 
 import keras
 import numpy as np
-import tensorflow as tf
 from absl import app
 from absl import flags
 
@@ -69,7 +68,6 @@ from keras_siglip2.data.generated import generated_dataset
 from keras_siglip2.data.generated import generated_examples
 from keras_siglip2.data.generated import zero_shot_class_names
 from keras_siglip2.data.locca import LocCaVocabulary
-from keras_siglip2.data.naflex import naflex_preprocess
 from keras_siglip2.data.pipeline import training_batches
 from keras_siglip2.data.readers import SkipCounter
 from keras_siglip2.data.readers import jsonl_examples
@@ -331,39 +329,28 @@ class _CachingEncoder(eval_lib.BackboneEncoder):
     """A `BackboneEncoder` that preprocesses each image once.
 
     The demo scores every task of several stages on the same few hundred
-    images (the same arrays): their inputs are kept by identity, and
-    NaFlex preprocessing, eager per image in `naflex_preprocess_batch`,
-    runs as one traced TF function.
+    images (the same arrays): their inputs are kept by identity.
     """
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self._inputs = {}
-        self._naflex = None
-        if self.backbone.naflex:
-            patch_size = self.backbone.vision_encoder.patch_size
-            length = self.max_num_patches
-            self._naflex = tf.function(
-                lambda image: naflex_preprocess(image, patch_size, length),
-                reduce_retracing=True,
-            )
-
-    def _preprocess(self, image):
-        if self._naflex is None:
-            return super().image_inputs([image])[0]
-        outputs = self._naflex(tf.convert_to_tensor(np.asarray(image)))
-        return {key: value.numpy() for key, value in outputs.items()}
 
     def image_inputs(self, images):
         rows = []
         for image in images:
             if id(image) not in self._inputs:
                 # The image is kept too, so its id is never reused.
-                self._inputs[id(image)] = (image, self._preprocess(image))
+                self._inputs[id(image)] = (
+                    image,
+                    super().image_inputs([image]),
+                )
             rows.append(self._inputs[id(image)][1])
-        if self._naflex is None:
-            return np.stack(rows)
-        return {key: np.stack([row[key] for row in rows]) for key in rows[0]}
+        if not self.backbone.naflex:
+            return np.concatenate(rows)
+        return {
+            key: np.concatenate([row[key] for row in rows]) for key in rows[0]
+        }
 
 
 class _DemoEvaluation:
