@@ -144,3 +144,58 @@ def test_text_encoder_embedding_uses_row_chunked_init():
     assert abs(table.std() - 8**-0.5) < 0.01
     # 40000 rows span three 16384-row blocks, each drawn independently.
     assert not np.allclose(table[:100], table[16384:16484])
+
+
+# Runs in a fresh process: XLA:CPU keeps the remat barriers only with its
+# `cse_barrier_expander` pass disabled, a process-wide flag.
+_REMAT_MEMORY_SCRIPT = """
+import json, os
+os.environ["KERAS_BACKEND"] = "jax"
+import jax
+import numpy as np
+from keras_siglip2.models.vision_encoder import SigLIP2VisionEncoder
+
+x = np.zeros((64, 32, 32, 3), "float32")
+temps = {}
+for remat in (False, True):
+    encoder = SigLIP2VisionEncoder(
+        image_size=32, patch_size=4, hidden_dim=32, num_layers=6,
+        num_heads=2, intermediate_dim=128, remat=remat,
+    )
+    encoder.build(x.shape)
+    variables = [v.value for v in encoder.trainable_variables]
+
+    def loss(variables):
+        outputs, _ = encoder.stateless_call(variables, [], x)
+        return outputs["pooled_output"].sum()
+
+    compiled = jax.jit(jax.grad(loss)).lower(variables).compile()
+    temps[str(remat)] = compiled.memory_analysis().temp_size_in_bytes
+print(json.dumps(temps))
+"""
+
+
+def test_remat_saves_compiled_memory_when_xla_keeps_its_barriers():
+    """The oracle is XLA's own buffer assignment of the compiled gradient:
+    with the barriers kept, the rematerialised encoder needs a fraction of
+    the temporary memory (only block inputs are saved for the backward
+    pass). (Without the flag, XLA:CPU 0.10 merges the recomputation back
+    and saves nothing; `benchmarks/remat_memory.py` measures both.)"""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    flags = os.environ.get("XLA_FLAGS", "")
+    flags += " --xla_disable_hlo_passes=cse_barrier_expander"
+    completed = subprocess.run(
+        [sys.executable, "-c", _REMAT_MEMORY_SCRIPT],
+        env={**os.environ, "XLA_FLAGS": flags},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    temps = json.loads(completed.stdout.strip().splitlines()[-1])
+    print(temps)
+    assert temps["True"] < 0.5 * temps["False"], temps
