@@ -8,7 +8,11 @@ are counted analytically as 3x the forward (forward + backward) and
 checked against XLA's cost analysis of the jitted loss gradient. The
 configs are timed interleaved with an fp32 reference GEMM, so the MFU is
 against the matmul rate under the same load. Peak RSS of B/16 with and
-without `remat=True` is measured each in its own subprocess.
+without `remat=True` is measured each in its own subprocess. On JAX's
+CPU backend remat saves memory only with
+`XLA_FLAGS=--xla_disable_hlo_passes=cse_barrier_expander` in the
+environment (XLA:CPU otherwise drops the remat barriers; see
+`benchmarks/remat_memory.py`).
 
     python benchmarks/train_step.py            # B/16 compiles take minutes
     python benchmarks/train_step.py --configs tiny,small --repeats 2
