@@ -8,15 +8,19 @@
   captions; ~330k parameters), in about 6.5 minutes on 2 otherwise idle
   CPU cores with the defaults (N=800 steps of B=32; 14 minutes on cores
   shared with other work, see benchmarks/RESULTS.md): it trains the
-  Stage D teacher (same architecture, sigmoid loss, "curated"
-  English-only data, N steps), then stages A (sigmoid + LocCa), B (+
-  self-distillation and masked prediction), C (the NaFlex variant,
-  sequence lengths 16/36/64) and D (ACID with that teacher), with Keras
-  progress bars and resumable checkpoints in `DIR/checkpoints`. After
-  each stage (and at random init) it scores zero-shot top-1,
-  image<->text retrieval R@1/R@5, referring-expression accuracy and
-  dense-probe mIoU on held-out data (E test images), prints them as a
-  table per stage and writes `DIR/results.json`; it writes
+  Stage D teacher (twice the student's width and depth, sigmoid loss,
+  "curated" English-only data, N steps), then stages A (sigmoid +
+  LocCa), B (+ self-distillation and masked prediction), C (the NaFlex
+  variant, sequence lengths 16/36/64) and D (ACID with that teacher),
+  with Keras progress bars and resumable checkpoints in
+  `DIR/checkpoints`. After each stage (and at random init, and for the
+  teacher) it scores zero-shot top-1, image<->text retrieval R@1/R@5,
+  referring-expression accuracy and dense-probe mIoU on held-out data (E
+  test images), prints them as a table per stage and writes
+  `DIR/results.json`. Two rows isolate a stage's own change: the Stage B
+  model in NaFlex form (before Stage C trains it), and a control run of
+  Stage D without ACID's selection (the Stage C model trained for the
+  same steps on random halves of the same super-batches). It writes
   `DIR/loss_curves.png` (per-step losses, stages shaded),
   `DIR/naflex_grids.png` (patch grids of images of three aspect ratios
   at each length) and `DIR/backbone.keras`, reloads it, and prints the
@@ -90,6 +94,8 @@ from keras_siglip2.training.optimizer import siglip2_optimizer
 from keras_siglip2.training.recipe import RecipeConfig
 from keras_siglip2.training.recipe import SigLIP2Recipe
 from keras_siglip2.training.stage_a import StageAModel
+from keras_siglip2.training.stage_d import num_kept
+from keras_siglip2.training.stage_d import stage_d_optimizer
 
 _OUTPUT_DIR = flags.DEFINE_string(
     "output_dir",
@@ -117,7 +123,7 @@ _BATCH_SIZE = flags.DEFINE_integer(
 )
 _DEMO_EVAL_EXAMPLES = flags.DEFINE_integer(
     "demo_eval_examples",
-    64,
+    256,
     "`demo`: held-out test images of each evaluation (twice as many "
     "validation images train the referring decoder and the dense probe).",
     lower_bound=8,
@@ -161,6 +167,14 @@ TINY_TEXT = dict(
     num_heads=4,
     intermediate_dim=256,
     max_sequence_length=16,
+)
+# The Stage D teacher: larger than the student, as in the paper (an
+# So400m teacher for B-sized students): twice the width and depth.
+TEACHER_VISION = dict(
+    TINY_VISION, hidden_dim=128, num_layers=4, intermediate_dim=512
+)
+TEACHER_TEXT = dict(
+    TINY_TEXT, hidden_dim=128, num_layers=4, intermediate_dim=512
 )
 TABLE_CONFIGS = (
     "base_patch16_256",
@@ -222,6 +236,7 @@ DEMO_DISTILLATION_LEARNING_RATE = 1e-4
 # "Curated" data of the Stage D teacher: English captions only, without
 # rendered words, from its own seed stream.
 TEACHER_DATA = dict(english_fraction=1.0, text_fraction=0.0)
+TEACHER_ROW = "teacher of D (curated)"
 # Columns of the per-stage table: (header, metric key).
 DEMO_COLUMNS = (
     ("0-shot", "zero_shot/top1"),
@@ -392,8 +407,14 @@ class _DemoEvaluation:
         self.train = _generated_images("validation", 2 * num_examples, seed)
         self.encoders = {}
 
-    def __call__(self, backbone, max_num_patches=None) -> dict[str, float]:
-        """Flat `{"task/metric": value}` of every task."""
+    def __call__(
+        self, backbone, max_num_patches=None, tasks=_METRIC_TASKS
+    ) -> dict[str, float]:
+        """Flat `{"task/metric": value}` of `tasks` (default: all).
+
+        `"referring"` needs a backbone of the decoder's width (the
+        student's).
+        """
         # Stages that train the same backbone object share its encoder:
         # its compiled functions read the current weights at each call.
         key = (id(backbone), max_num_patches)
@@ -408,26 +429,21 @@ class _DemoEvaluation:
                 ),
             )
         encoder = self.encoders[key][1]
-        # Every model's decoder starts from the same weights.
-        self.decoder.set_weights(self.decoder_weights)
-        results = {
-            "zero_shot": eval_lib.evaluate_zero_shot(
+        unknown = set(tasks) - set(_METRIC_TASKS)
+        if unknown:
+            raise ValueError(
+                f"Unknown tasks {sorted(unknown)}; expected a subset of "
+                f"{_METRIC_TASKS}."
+            )
+        scorers = {
+            "zero_shot": lambda: eval_lib.evaluate_zero_shot(
                 encoder, self.single, zero_shot_class_names("en")
             ),
-            "retrieval": eval_lib.evaluate_retrieval(
+            "retrieval": lambda: eval_lib.evaluate_retrieval(
                 encoder, self.test, ks=(1, 5)
             ),
-            "referring": eval_lib.evaluate_referring(
-                encoder,
-                self.train,
-                self.test,
-                decoder=self.decoder,
-                num_location_bins=DEMO_LOCATION_BINS,
-                steps=self.decoder_steps,
-                batch_size=32,
-                seed=self.seed,
-            ),
-            "dense_probe": eval_lib.evaluate_dense_probe(
+            "referring": lambda: self._referring(encoder),
+            "dense_probe": lambda: eval_lib.evaluate_dense_probe(
                 encoder,
                 self.train,
                 self.test,
@@ -439,9 +455,24 @@ class _DemoEvaluation:
         return {
             f"{task}/{metric}": float(value)
             for task in _METRIC_TASKS
-            for metric, value in results[task].items()
+            if task in tasks
+            for metric, value in scorers[task]().items()
             if not metric.startswith("IoU/")
         }
+
+    def _referring(self, encoder) -> dict:
+        # Every model's decoder starts from the same weights.
+        self.decoder.set_weights(self.decoder_weights)
+        return eval_lib.evaluate_referring(
+            encoder,
+            self.train,
+            self.test,
+            decoder=self.decoder,
+            num_location_bins=DEMO_LOCATION_BINS,
+            steps=self.decoder_steps,
+            batch_size=32,
+            seed=self.seed,
+        )
 
 
 class _Demo:
@@ -456,6 +487,11 @@ class _Demo:
         self.results_path = output_dir / "results.json"
         self.losses_path = output_dir / "losses.json"
         self.checkpoint_dir = output_dir / "checkpoints"
+        # The Stage C student in fixed-resolution form, kept for Stage D's
+        # control run.
+        self.stage_c_path = output_dir / "stage_c.weights.h5"
+        # NaFlex lengths of Stage C, if it trains the NaFlex variant.
+        self.naflex_lengths = ()
         self.rows = {}
         self.runs = {}
         self.stages = {}
@@ -471,9 +507,11 @@ class _Demo:
             self.runs = json.loads(self.losses_path.read_text())
         return True
 
-    def score(self, row: str, backbone, max_num_patches=None) -> None:
+    def score(
+        self, row: str, backbone, max_num_patches=None, tasks=_METRIC_TASKS
+    ) -> None:
         start = time.perf_counter()
-        self.rows[row] = self.evaluate(backbone, max_num_patches)
+        self.rows[row] = self.evaluate(backbone, max_num_patches, tasks)
         eval_lib.write_json(self.rows, self.results_path, self.metadata)
         print(
             f"evaluated {row} in {time.perf_counter() - start:.1f} s:\n"
@@ -486,10 +524,14 @@ class _Demo:
 
         A NaFlex backbone is scored at each sequence length, then in its
         fixed-resolution form (the same encoders on square images), the
-        form Stage D trains, so that Stage D's own change shows.
+        form Stage D trains, so that Stage D's own change shows. Before a
+        NaFlex Stage C, the Stage B model is scored in NaFlex form too (the
+        same encoders, position embeddings resized per image), so that
+        Stage C's own change shows. The Stage C model is saved for Stage
+        D's control run (`stage_c_path`).
         """
         if backbone.naflex:
-            for length in DEMO_NAFLEX_LENGTHS:
+            for length in self.naflex_lengths:
                 self.score(
                     f"{stage} NaFlex ({length} patches)",
                     backbone,
@@ -506,6 +548,20 @@ class _Demo:
             backbone = fixed
         size = backbone.vision_encoder.image_size
         self.score(f"{stage} ({size} px)", backbone)
+        if stage == "B" and self.naflex_lengths:
+            naflex = SigLIP2Backbone(
+                backbone.vision_encoder, backbone.text_encoder, naflex=True
+            )
+            for length in self.naflex_lengths:
+                self.score(
+                    f"{stage} NaFlex ({length} patches)",
+                    naflex,
+                    max_num_patches=length,
+                )
+        if stage == "C":
+            tmp = self.stage_c_path.with_name(".tmp." + self.stage_c_path.name)
+            backbone.save_weights(tmp)
+            os.replace(tmp, self.stage_c_path)
 
     def recorder(self, run: str, recipe) -> _StepLosses:
         """A loss recorder for `recipe`, resumed at its checkpoint."""
@@ -530,7 +586,12 @@ def _print_histories(histories: dict) -> None:
             )
 
 
-def _tiny_backbone(vocabulary_size: int, prefix: str = "") -> SigLIP2Backbone:
+def _tiny_backbone(
+    vocabulary_size: int,
+    prefix: str = "",
+    vision: dict = TINY_VISION,
+    text: dict = TINY_TEXT,
+) -> SigLIP2Backbone:
     names = {}
     if prefix:
         names = {
@@ -539,9 +600,9 @@ def _tiny_backbone(vocabulary_size: int, prefix: str = "") -> SigLIP2Backbone:
             "backbone": {"name": f"{prefix}_backbone"},
         }
     return SigLIP2Backbone(
-        SigLIP2VisionEncoder(**TINY_VISION, **names.get("vision", {})),
+        SigLIP2VisionEncoder(**vision, **names.get("vision", {})),
         SigLIP2TextEncoder(
-            **{**TINY_TEXT, "vocabulary_size": vocabulary_size},
+            **{**text, "vocabulary_size": vocabulary_size},
             **names.get("text", {}),
         ),
         **names.get("backbone", {}),
@@ -549,12 +610,18 @@ def _tiny_backbone(vocabulary_size: int, prefix: str = "") -> SigLIP2Backbone:
 
 
 def _train_teacher(tokenizer, path: pathlib.Path) -> SigLIP2Backbone:
-    """The Stage D teacher: the student's architecture, trained on the
-    "curated" data (English, no rendered words) with the sigmoid loss."""
+    """The Stage D teacher: twice the student's width and depth, trained
+    on the "curated" data (English, no rendered words) with the sigmoid
+    loss."""
     if path.exists():
         print(f"loading the teacher of an earlier run from {path}")
         return keras.saving.load_model(path, safe_mode=True)
-    teacher = _tiny_backbone(tokenizer.vocabulary_size(), prefix="teacher")
+    teacher = _tiny_backbone(
+        tokenizer.vocabulary_size(),
+        prefix="teacher",
+        vision=TEACHER_VISION,
+        text=TEACHER_TEXT,
+    )
     steps, batch_size = _STEPS.value, _BATCH_SIZE.value
     data = training_batches(
         generated_dataset(
@@ -684,10 +751,12 @@ def _recipe_demo(output_dir: pathlib.Path) -> dict:
         f"Stage D teacher: {steps} steps of {batch_size} curated examples"
     )
     print(
-        "the student's architecture trained with the sigmoid loss on "
-        "English-only captions without rendered words (ACID's teacher is "
-        "a model trained on curated data); it scores learnability in "
-        "Stage D"
+        "width {hidden_dim}, {num_layers} layers (twice the student's) "
+        "trained with the sigmoid loss on English-only captions without "
+        "rendered words (ACID's teacher is a larger model trained on "
+        "curated data); it scores learnability in Stage D".format(
+            **TEACHER_VISION
+        )
     )
     teacher = _train_teacher(tokenizer, output_dir / "teacher.keras")
 
@@ -715,6 +784,7 @@ def _recipe_demo(output_dir: pathlib.Path) -> dict:
         _SEED.value,
     )
     demo.fixed_backbone = backbone
+    demo.naflex_lengths = DEMO_NAFLEX_LENGTHS if config.naflex else ()
     demo.metadata = {
         "steps": steps,
         "batch_size": batch_size,
@@ -733,6 +803,13 @@ def _recipe_demo(output_dir: pathlib.Path) -> dict:
     if resumed:
         print(f"resuming from {ckpt.latest_checkpoint(demo.checkpoint_dir)}")
     else:
+        # The referring decoder reads the student's width, not the
+        # teacher's.
+        demo.score(
+            TEACHER_ROW,
+            teacher,
+            tasks=("zero_shot", "retrieval", "dense_probe"),
+        )
         demo.score("init (random)", backbone)
 
     _print_header(
@@ -761,6 +838,11 @@ def _recipe_demo(output_dir: pathlib.Path) -> dict:
     print(f"recipe time: {time.perf_counter() - start:.1f} s")
     _print_histories(result["histories"])
     backbone = result["backbone"]
+    if demo.stage_c_path.exists() and "D" in [s.name for s in recipe.plan]:
+        _print_header(
+            "Stage D control: the same steps without ACID's selection"
+        )
+        _stage_d_control(recipe, demo, tokenizer.vocabulary_size())
 
     _print_header("Metrics per stage (held-out generated data)")
     print(format_stage_table(demo.rows))
@@ -786,6 +868,48 @@ def _recipe_demo(output_dir: pathlib.Path) -> dict:
     )
     print(f"max abs difference of logits after reload: {difference:.3g}")
     return demo.rows
+
+
+def _stage_d_control(recipe, demo: _Demo, vocabulary_size: int) -> None:
+    """Stage D without ACID: the Stage C model trained on random halves.
+
+    A copy of the Stage C student (fixed-resolution form) trains for
+    Stage D's steps with Stage D's optimizer and learning rate, on the
+    first `kept` examples of each of Stage D's super-batches (a uniform
+    random subset: the stream is i.i.d.) instead of the most learnable
+    ones. The difference between the "D" and this row is the effect of
+    the selection, not of training longer.
+    """
+    c = recipe.config
+    stage = next(s for s in recipe.plan if s.name == "D")
+    steps = stage.end_step - stage.start_step
+    kept = num_kept(c.batch_size * c.super_batch_factor, c.filter_ratio)
+    control = _tiny_backbone(vocabulary_size, prefix="control")
+    control.load_weights(demo.stage_c_path)
+    control.compile(
+        optimizer=stage_d_optimizer(
+            total_steps=max(2, steps),
+            learning_rate=c.distillation_learning_rate,
+            warmup_steps=0,
+            beta_1=c.beta_1,
+            beta_2=c.beta_2,
+            global_clipnorm=c.global_clipnorm,
+        )
+    )
+    data = recipe.stage_batches("D").map(
+        lambda b: {
+            "images": b["images"][:kept],
+            "token_ids": b["token_ids"][:kept],
+        }
+    )
+    history = control.fit(data, epochs=1, steps_per_epoch=steps, verbose=1)
+    losses = history.history["loss"]
+    print(
+        f"control: {steps} steps of {kept} random examples per "
+        f"super-batch, sigmoid loss {losses[-1]:.4f}"
+    )
+    size = control.vision_encoder.image_size
+    demo.score(f"D control, no selection ({size} px)", control)
 
 
 def _architecture_table() -> None:

@@ -645,8 +645,42 @@ class SigLIP2Recipe:
             dtype=config["dtype"],
         )
 
-    def _dataset(self, stage: StagePlan, backbone, step: int):
+    def _input_geometry(self, stage: StagePlan) -> tuple[int, int]:
+        """`(image_size, patch_size)` of the images stage `stage` reads."""
         c = self.config
+        encoder = self._initial_backbone.vision_encoder
+        if stage.name in ("C", "D") and self._resized():
+            return (
+                c.stage_c_image_size or encoder.image_size,
+                c.stage_c_patch_size or encoder.patch_size,
+            )
+        return encoder.image_size, encoder.patch_size
+
+    def stage_batches(self, name: str):
+        """The batches stage `name` trains on, from its first step.
+
+        The stream `fit` feeds that stage (same examples, order, views and
+        batch size: super-batches in Stage D), for ablations and
+        controls, e.g. training a copy of the Stage C model on Stage D's
+        data without ACID's selection.
+
+        Args:
+            name: a stage of the plan (`"A"`, `"B"`, `"C"` or `"D"`).
+
+        Returns:
+            A `tf.data.Dataset` of batches (dicts of model inputs).
+        """
+        stages = {stage.name: stage for stage in self.plan}
+        if name not in stages:
+            raise ValueError(
+                f"Stage {name!r} is not in this recipe's plan; its stages "
+                f"are {list(stages)}."
+            )
+        return self._dataset(stages[name], stages[name].start_step)
+
+    def _dataset(self, stage: StagePlan, step: int):
+        c = self.config
+        image_size, patch_size = self._input_geometry(stage)
         position = self._examples_before(step)
         batch_size = self._stage_batch_size(stage)
         skip = 0
@@ -670,13 +704,13 @@ class SigLIP2Recipe:
             common["decoder_length"] = c.decoder_length
         if naflex:
             image_kwargs = dict(
-                naflex_patch_size=backbone.vision_encoder.patch_size,
+                naflex_patch_size=patch_size,
                 sequence_lengths=c.naflex_sequence_lengths,
             )
         else:
             image_kwargs = dict(
                 image_converter=SigLIP2ImageConverter(
-                    image_size=backbone.vision_encoder.image_size,
+                    image_size=image_size,
                     interpolation="bilinear",
                 )
             )
@@ -688,7 +722,7 @@ class SigLIP2Recipe:
                 data, max(c.naflex_sequence_lengths)
             ).skip(skip)
         if stage.name == "B" or (stage.name == "C" and self._c_distills):
-            size = backbone.vision_encoder.image_size
+            size = image_size
             data = add_self_distillation_views(
                 data,
                 global_size=size,
@@ -776,7 +810,7 @@ class SigLIP2Recipe:
                 self, checkpoint_dir, _saved_model(model), optimizer, stage
             )
             history = model.fit(
-                self._dataset(stage, backbone, step),
+                self._dataset(stage, step),
                 initial_epoch=step // every,
                 epochs=end // every,
                 steps_per_epoch=every,

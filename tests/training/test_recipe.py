@@ -427,3 +427,78 @@ def test_recipe_accepts_a_checkpoint_without_a_newer_default_field(
     )
     with pytest.raises(ValueError, match=r"ring_loss: False \(checkpoint\)"):
         ring._check_checkpoint({"config": older}, tmp_path)
+
+
+def test_stage_batches_are_each_stage_s_inputs(tokenizer):
+    """`stage_batches` gives the stream `fit` trains a stage on: Stage A
+    and B batches at the training resolution (B with its extra views),
+    Stage D super-batches at the resized Stage C resolution, starting at
+    the stage's data position."""
+    from keras_siglip2.data.generated import generated_dataset
+
+    vocabulary = tokenizer.vocabulary_size()
+    config = _tiny_config(
+        distillation_examples=16,
+        stage_c_image_size=24,
+        resolution_change_start=0.9,
+    )
+    starts = []
+
+    def examples(start):
+        starts.append(start)
+        return generated_dataset(
+            "train", seed=0, start=start, side_range=(16, 32)
+        )
+
+    recipe = SigLIP2Recipe(
+        config,
+        _backbone(vocabulary),
+        tokenizer,
+        examples,
+        teacher=_backbone(vocabulary, width=12),
+    )
+    plan = {stage.name: stage for stage in recipe.plan}
+    assert list(plan) == ["A", "B", "C", "D"]
+    a = next(iter(recipe.stage_batches("A")))
+    assert tuple(a["images"].shape) == (4, 16, 16, 3)
+    assert tuple(a["decoder_inputs"].shape) == (4, 12)
+    b = next(iter(recipe.stage_batches("B")))
+    assert tuple(b["local_crops"].shape) == (4, 2, 8, 8, 3)
+    d = next(iter(recipe.stage_batches("D")))
+    # Super-batches of 2 x 4 at the resized 24 px, image-text only.
+    assert tuple(d["images"].shape) == (8, 24, 24, 3)
+    assert sorted(d) == ["images", "token_ids"]
+    assert starts == [
+        0,
+        4 * plan["B"].start_step,
+        4 * plan["D"].start_step,
+    ]
+    with pytest.raises(ValueError, match=r"'E' is not in this recipe's plan"):
+        recipe.stage_batches("E")
+
+
+def test_recipe_refuses_a_stage_b_checkpoint_of_another_width(
+    tokenizer, tmp_path
+):
+    """A checkpoint whose student and EMA teacher have another embedding
+    width than the backbone given now (the config alone does not name
+    the width) fails before any step, naming the teacher's variables."""
+    vocabulary = tokenizer.vocabulary_size()
+    config = _tiny_config()
+    writer = SigLIP2Recipe(
+        config, _backbone(vocabulary), tokenizer, _no_examples
+    )
+    model = writer.stage_b_model
+    optimizer = keras.optimizers.Adam()
+    optimizer.build(model.trainable_variables)
+    b_start = next(s for s in writer.plan if s.name == "B").start_step
+    state = {"step": b_start, "stage": "B", "config": writer.config_json()}
+    ckpt.save_checkpoint(tmp_path, model, optimizer, state)
+    reader = SigLIP2Recipe(
+        config, _backbone(vocabulary, width=12), tokenizer, _no_examples
+    )
+    with pytest.raises(
+        ValueError,
+        match=r"does not match the model: .*teacher_vision_encoder.*\(8",
+    ):
+        reader.fit(tmp_path, verbose=0)
