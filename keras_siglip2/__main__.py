@@ -5,8 +5,8 @@
   recipe offline on the generated dataset with a tiny model (both towers
   width 64, 2 layers, 4 heads, MLP 256; 32 px images in 8 px patches;
   16-token texts; a 1000-piece SentencePiece vocabulary trained on the
-  captions; ~330k parameters), in about 6.5 minutes on 2 otherwise idle
-  CPU cores with the defaults (N=800 steps of B=32; 14 minutes on cores
+  captions; ~330k parameters), in about 8 minutes on 2 otherwise idle
+  CPU cores with the defaults (N=800 steps of B=32; longer on cores
   shared with other work, see benchmarks/RESULTS.md): it trains the
   Stage D teacher (twice the student's width and depth, sigmoid loss,
   "curated" English-only data, N steps), then stages A (sigmoid +
