@@ -289,13 +289,18 @@ def test_naflex_in_tf_data_matches_eager():
     )
     single = next(iter(dataset.map(converter).batch(3)))
     ragged = next(iter(dataset.ragged_batch(3).map(converter)))
+    # The same graph; run by tf.data's threads, the resize kernel may round
+    # the last bit differently (seen once in ~700 runs: 2.4e-6 on values
+    # in [-1, 1]), so pixels are compared to float32 rounding.
     for outputs in (single, ragged):
         for key, value in eager.items():
-            np.testing.assert_array_equal(outputs[key].numpy(), value)
+            np.testing.assert_allclose(
+                outputs[key].numpy(), value, rtol=0, atol=1e-5
+            )
     same_size = tf.data.Dataset.from_tensors(np.stack([images[0]] * 2))
     dense = next(iter(same_size.map(converter)))
-    np.testing.assert_array_equal(
-        dense["patches"].numpy()[1], eager["patches"][0]
+    np.testing.assert_allclose(
+        dense["patches"].numpy()[1], eager["patches"][0], rtol=0, atol=1e-5
     )
 
 

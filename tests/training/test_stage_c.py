@@ -161,7 +161,7 @@ def test_fixed_resolution_stage_c_keeps_all_losses(tokenizer, tmp_path):
         for e, g in zip(old.weights, new.weights):
             np.testing.assert_array_equal(np.asarray(g), np.asarray(e))
     # The Stage C data has the self-distillation views at 20 px.
-    batch = next(iter(recipe._dataset(c, backbone, c.start_step)))
+    batch = next(iter(recipe.stage_batches("C")))
     assert tuple(batch["images"].shape) == (4, 20, 20, 3)
     assert tuple(batch["global_view"].shape) == (4, 20, 20, 3)
     assert tuple(batch["local_crops"].shape) == (4, 2, 8, 8, 3)
@@ -244,18 +244,14 @@ def test_naflex_resume_position_is_exact_mid_split(tokenizer):
     c = _stage(recipe, "C")
     backbone = recipe._naflex_backbone()
     assert backbone.naflex
-    full = _as_numpy(
-        recipe._dataset(c, backbone, c.start_step).take(
-            c.end_step - c.start_step
-        )
-    )
+    full = _as_numpy(recipe.stage_batches("C").take(c.end_step - c.start_step))
     sizes = [len(b["token_ids"]) for b in full]
     assert 2 in sizes and 4 in sizes
     position = recipe._examples_before(c.start_step)
     for offset, expected in enumerate(full):
         step = c.start_step + offset
         assert recipe._examples_before(step) == position + sum(sizes[:offset])
-        resumed = _as_numpy(recipe._dataset(c, backbone, step).take(1))[0]
+        resumed = _as_numpy(recipe._dataset(c, step).take(1))[0]
         for key in expected:
             np.testing.assert_array_equal(resumed[key], expected[key])
     # The learning rate follows the stretched cosine to 0 at the end.
