@@ -194,7 +194,10 @@ print(
 # job would; calling `fit` again with the same directory resumes from the
 # latest checkpoint (model, optimizer, EMA teacher, step and data
 # position) and goes on through the remaining stages. `on_stage_end` is
-# called with each finished stage's backbone.
+# called with each finished stage's backbone. A run resumed from a stage's
+# final checkpoint calls it for that stage again first (a pre-empted
+# process may have stopped before its callback ran), so keep the callback
+# idempotent: here the second `fit` reports Stage B once more.
 
 checkpoint_dir = Path(tempfile.mkdtemp(prefix="siglip2_recipe_"))
 

@@ -143,6 +143,8 @@ def test_full_recipe_guide():
         "stage A done: 16 px (fixed)",
         "stage B done: 16 px (fixed)",
         "stopped; latest checkpoint: step_000000006",
+        # Resumed from B's final checkpoint: B is reported again first.
+        "stage B done: 16 px (fixed)",
         "stage C done: 20 px (fixed)",
         "stage D done: 20 px (fixed)",
     ]

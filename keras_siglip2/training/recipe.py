@@ -754,9 +754,11 @@ class SigLIP2Recipe:
                 staged runs and tests); resume later from the checkpoint.
             on_stage_end: optional `fn(stage_name, backbone)`, called after
                 the last step of each stage this call trains through
-                (`"A"`, `"B"`, `"C"`, `"D"`; a resumed run calls it for
-                the stages it finishes), once that stage's final
-                checkpoint is written, with the stage's backbone (the
+                (`"A"`, `"B"`, `"C"`, `"D"`), once that stage's final
+                checkpoint is written; a run resumed from a stage's final
+                checkpoint calls it for that stage first (the process
+                that wrote it may or may not have); with the stage's
+                backbone (the
                 resized one after a fixed-res Stage C, the NaFlex one in a
                 NaFlex Stage C). It must not modify the backbone; the
                 recipe itself draws no random numbers for it.
@@ -772,6 +774,7 @@ class SigLIP2Recipe:
         """
         histories = {}
         backbone = None
+        resuming = True
         while True:
             latest = ckpt.latest_checkpoint(checkpoint_dir)
             if latest is None:
@@ -781,6 +784,15 @@ class SigLIP2Recipe:
                 self._check_checkpoint(state, latest)
             step = state["step"]
             stage = self.stage_at(step)
+            if resuming and on_stage_end is not None:
+                # The process that wrote a stage's final checkpoint may have
+                # stopped before its `on_stage_end`.
+                ended = self._stage_ending_at(step, state.get("stage"))
+                if ended is not None:
+                    on_stage_end(
+                        ended.name, self._restore(ended, state, weights)[0]
+                    )
+            resuming = False
             if stage is None or (
                 stop_after_steps is not None and step >= stop_after_steps
             ):
@@ -826,6 +838,13 @@ class SigLIP2Recipe:
             last = self.stage_at(state["step"] - 1) or self.plan[0]
             backbone, _ = self._restore(last, state, weights)
         return {"histories": histories, "backbone": backbone}
+
+    def _stage_ending_at(self, step: int, name) -> StagePlan | None:
+        """The stage `name` if `step` is its end, else None."""
+        for stage in self.plan:
+            if stage.name == name and stage.end_step == step:
+                return stage
+        return None
 
     def config_json(self) -> dict:
         """The config as stored in checkpoints (JSON types)."""
