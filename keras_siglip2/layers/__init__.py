@@ -2,6 +2,7 @@
 
 from keras_siglip2.layers.attention import MultiHeadAttention
 from keras_siglip2.layers.contrastive_logits import ContrastiveLogits
+from keras_siglip2.layers.initializers import RowChunkedRandomNormal
 from keras_siglip2.layers.interpolation import linear_interpolation_matrix
 from keras_siglip2.layers.interpolation import linear_interpolation_weights
 from keras_siglip2.layers.interpolation import resize_grid
@@ -19,6 +20,7 @@ __all__ = [
     "MultiHeadAttention",
     "PatchEmbedding",
     "PositionEmbedding2D",
+    "RowChunkedRandomNormal",
     "TransformerEncoderBlock",
     "linear_interpolation_matrix",
     "linear_interpolation_weights",

@@ -4,7 +4,7 @@ import keras
 from keras import ops
 
 from keras_siglip2.layers.decoder_block import TransformerDecoderBlock
-from keras_siglip2.models.text_encoder import RowChunkedRandomNormal
+from keras_siglip2.layers.initializers import RowChunkedRandomNormal
 
 
 @keras.saving.register_keras_serializable(package="keras_siglip2")

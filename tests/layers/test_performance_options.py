@@ -8,8 +8,8 @@ import jax
 import numpy as np
 import pytest
 
+from keras_siglip2.layers import RowChunkedRandomNormal
 from keras_siglip2.layers import TransformerEncoderBlock
-from keras_siglip2.models.text_encoder import RowChunkedRandomNormal
 from keras_siglip2.models.text_encoder import SigLIP2TextEncoder
 from keras_siglip2.models.vision_encoder import SigLIP2VisionEncoder
 
