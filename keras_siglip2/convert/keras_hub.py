@@ -40,7 +40,7 @@ import keras_hub
 
 from keras_siglip2.convert.hf import load_hf_checkpoint
 from keras_siglip2.models.backbone import SigLIP2Backbone
-from keras_siglip2.models.presets import get_preset
+from keras_siglip2.models.presets import PresetFiles
 from keras_siglip2.models.text_encoder import SigLIP2TextEncoder
 from keras_siglip2.models.vision_encoder import SigLIP2VisionEncoder
 
@@ -561,11 +561,7 @@ def load_preset(
             unreadable files, non-float weights, or weights that do not
             match the config; nothing partially loaded is returned.
     """
-    if isinstance(preset, os.PathLike) or os.path.isdir(preset):
-        return _load_local(Path(preset), load_weights, dtype, progress)
-    if "://" in preset:
-        return _load_remote(preset, load_weights, dtype, progress)
-    if os.sep in preset or os.path.exists(preset):
-        raise ValueError(f"{preset}: no such preset directory.")
-    handle = get_preset(preset).kaggle_handle
-    return _load_remote(handle, load_weights, dtype, progress)
+    files = PresetFiles(preset)
+    if files.local is not None:
+        return _load_local(files.local, load_weights, dtype, progress)
+    return _load_remote(files.handle, load_weights, dtype, progress)
