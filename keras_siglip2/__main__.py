@@ -233,6 +233,8 @@ DEMO_LOCATION_BINS = 32
 # demo's model is far from converged after a few hundred steps, so Stage D
 # uses a tenth of the peak rate to move in its few steps.
 DEMO_DISTILLATION_LEARNING_RATE = 1e-4
+# Stage B teacher temperature of the demo's small projection heads.
+DEMO_TEACHER_TEMPERATURE = 0.02
 # "Curated" data of the Stage D teacher: English captions only, without
 # rendered words, from its own seed stream.
 TEACHER_DATA = dict(english_fraction=1.0, text_fraction=0.0)
@@ -740,6 +742,11 @@ def _recipe_demo(output_dir: pathlib.Path) -> dict:
         head_bottleneck_dim=32,
         num_prototypes=256,
         num_patch_prototypes=128,
+        # DINO's 0.04 -> 0.07 lets these small heads (128 hidden, 256/128
+        # prototypes) collapse to the uniform output; 0.02 does not (see
+        # benchmarks/RESULTS.md, "Demo").
+        warmup_teacher_temperature=DEMO_TEACHER_TEMPERATURE,
+        teacher_temperature=DEMO_TEACHER_TEMPERATURE,
         distillation_examples=2 * every * batch_size * 2,
         distillation_learning_rate=DEMO_DISTILLATION_LEARNING_RATE,
         seed=_SEED.value,
