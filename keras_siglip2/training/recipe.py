@@ -112,7 +112,10 @@ class RecipeConfig:
         student_temperature: self-distillation student temperature
             (DINO/iBOT: 0.1).
         teacher_temperature: teacher temperature after the warm-up
-            (DINO/iBOT: 0.07).
+            (DINO/iBOT: 0.07). Small heads (a few hundred prototypes)
+            can collapse to the uniform output at 0.04 -> 0.07 (both
+            self-distillation losses sit at ln K); a lower temperature
+            (the demo's 0.02) avoids it (benchmarks/RESULTS.md, "Demo").
         warmup_teacher_temperature: teacher temperature at the switch
             (DINO/iBOT: 0.04), raised linearly to `teacher_temperature`.
         teacher_temperature_warmup_fraction: warm-up length as a
