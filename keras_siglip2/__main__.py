@@ -95,7 +95,6 @@ from keras_siglip2.training.recipe import RecipeConfig
 from keras_siglip2.training.recipe import SigLIP2Recipe
 from keras_siglip2.training.stage_a import StageAModel
 from keras_siglip2.training.stage_d import num_kept
-from keras_siglip2.training.stage_d import stage_d_optimizer
 
 _OUTPUT_DIR = flags.DEFINE_string(
     "output_dir",
@@ -893,16 +892,7 @@ def _stage_d_control(recipe, demo: _Demo, vocabulary_size: int) -> None:
     kept = num_kept(c.batch_size * c.super_batch_factor, c.filter_ratio)
     control = _tiny_backbone(vocabulary_size, prefix="control")
     control.load_weights(demo.stage_c_path)
-    control.compile(
-        optimizer=stage_d_optimizer(
-            total_steps=max(2, steps),
-            learning_rate=c.distillation_learning_rate,
-            warmup_steps=0,
-            beta_1=c.beta_1,
-            beta_2=c.beta_2,
-            global_clipnorm=c.global_clipnorm,
-        )
-    )
+    control.compile(optimizer=recipe.stage_optimizer("D"))
     data = recipe.stage_batches("D").map(
         lambda b: {
             "images": b["images"][:kept],

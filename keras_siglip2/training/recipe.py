@@ -673,13 +673,30 @@ class SigLIP2Recipe:
         Returns:
             A `tf.data.Dataset` of batches (dicts of model inputs).
         """
+        stage = self._stage_named(name)
+        return self._dataset(stage, stage.start_step)
+
+    def stage_optimizer(self, name: str):
+        """A new optimizer as `fit` builds it for stage `name` (schedule,
+        learning rate, weight decay and clipping of that stage), for
+        ablations and controls beside the recipe.
+
+        Args:
+            name: a stage of the plan (`"A"`, `"B"`, `"C"` or `"D"`).
+
+        Returns:
+            A `keras.optimizers.AdamW`, not built.
+        """
+        return self._optimizer(self._stage_named(name))
+
+    def _stage_named(self, name: str) -> StagePlan:
         stages = {stage.name: stage for stage in self.plan}
         if name not in stages:
             raise ValueError(
                 f"Stage {name!r} is not in this recipe's plan; its stages "
                 f"are {list(stages)}."
             )
-        return self._dataset(stages[name], stages[name].start_step)
+        return stages[name]
 
     def _dataset(self, stage: StagePlan, step: int):
         c = self.config
@@ -725,11 +742,10 @@ class SigLIP2Recipe:
                 data, max(c.naflex_sequence_lengths)
             ).skip(skip)
         if stage.name == "B" or (stage.name == "C" and self._c_distills):
-            size = image_size
             data = add_self_distillation_views(
                 data,
-                global_size=size,
-                local_size=c.local_crop_size or max(size // 2, 1),
+                global_size=image_size,
+                local_size=c.local_crop_size or max(image_size // 2, 1),
                 num_local_crops=c.num_local_crops,
                 seed=c.seed,
                 start_index=step,
@@ -758,13 +774,12 @@ class SigLIP2Recipe:
             on_stage_end: optional `fn(stage_name, backbone)`, called after
                 the last step of each stage this call trains through
                 (`"A"`, `"B"`, `"C"`, `"D"`), once that stage's final
-                checkpoint is written; a run resumed from a stage's final
-                checkpoint calls it for that stage first (the process
-                that wrote it may or may not have); with the stage's
-                backbone (the
+                checkpoint is written, with the stage's backbone (the
                 resized one after a fixed-res Stage C, the NaFlex one in a
-                NaFlex Stage C). It must not modify the backbone; the
-                recipe itself draws no random numbers for it.
+                NaFlex Stage C). A run resumed from a stage's final
+                checkpoint calls it for that stage first (the process that
+                wrote it may or may not have). It must not modify the
+                backbone; the recipe itself draws no random numbers for it.
 
         Returns:
             dict with `"histories"` (per stage name, the Keras history
@@ -792,9 +807,8 @@ class SigLIP2Recipe:
                 # stopped before its `on_stage_end`.
                 ended = self._stage_ending_at(step, state.get("stage"))
                 if ended is not None:
-                    on_stage_end(
-                        ended.name, self._restore(ended, state, weights)[0]
-                    )
+                    backbone = self._restore(ended, state, weights)[0]
+                    on_stage_end(ended.name, backbone)
             resuming = False
             if stage is None or (
                 stop_after_steps is not None and step >= stop_after_steps

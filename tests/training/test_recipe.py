@@ -475,6 +475,16 @@ def test_stage_batches_are_each_stage_s_inputs(tokenizer):
     ]
     with pytest.raises(ValueError, match=r"'E' is not in this recipe's plan"):
         recipe.stage_batches("E")
+    # Stage D's optimizer as `fit` builds it: the distillation learning
+    # rate from the first step, no weight decay.
+    optimizer = recipe.stage_optimizer("D")
+    optimizer.build(_backbone(vocabulary).trainable_variables)
+    assert float(optimizer.learning_rate) == pytest.approx(
+        config.distillation_learning_rate
+    )
+    assert optimizer.weight_decay == 0.0
+    with pytest.raises(ValueError, match=r"'E' is not in this recipe's plan"):
+        recipe.stage_optimizer("E")
 
 
 def test_recipe_refuses_a_stage_b_checkpoint_of_another_width(
