@@ -62,6 +62,7 @@ box), so code written for real data runs on generated data.
 | `label`             | int32   | `()`        | class of the largest object   |
 | `text`              | string  | `()`        | rendered word, `""` if none   |
 | `text_box`          | float32 | `(4,)`      | its box; zeros if none        |
+| `captions_match`    | int32   | `()`        | 0: captions of another scene  |
 
 Captions: `captions[0]` has sizes, colours, shapes and positions ("a large
 red circle to the left of a small blue square"); `captions[1]` colours and
@@ -227,6 +228,13 @@ class GeneratedConfig:
         text_fraction: probability of trying to render a word (it is left
             out when there is no free space for it).
         num_captions: captions per example, 1 to 3 (see module docstring).
+        mismatched_fraction: probability that an example's captions
+            describe another, independent scene, as web alt-text often
+            does not match its image (the noise that ACID's teacher
+            filters). Referring expressions, grounded captions and boxes
+            stay the image's own (as from a detector), and
+            `captions_match` is 0. Drawn from a stream of its own: other
+            examples, and every other feature, do not change with it.
         hold_out_pairs: keep `HELD_OUT_PAIRS` out of train, validation and
             test and use only them in `"compositional"`; if False, every
             split uses every pair.
@@ -240,6 +248,7 @@ class GeneratedConfig:
     languages: tuple[str, ...] = LANGUAGES
     text_fraction: float = 0.2
     num_captions: int = 1
+    mismatched_fraction: float = 0.0
     hold_out_pairs: bool = True
 
     def __post_init__(self):
@@ -290,6 +299,11 @@ class GeneratedConfig:
         if not 0.0 <= self.text_fraction <= 1.0:
             raise ValueError(
                 f"`text_fraction` must be in [0, 1]; got {self.text_fraction}."
+            )
+        if not 0.0 <= self.mismatched_fraction <= 1.0:
+            raise ValueError(
+                "`mismatched_fraction` must be in [0, 1]; got "
+                f"{self.mismatched_fraction}."
             )
         if not 1 <= self.num_captions <= NUM_CAPTION_VARIANTS:
             raise ValueError(
@@ -979,6 +993,14 @@ def _scene(split, seed, index, config):
         language = others[rng.integers(len(others))]
     word = text[0] if text else ""
     captions, refexps, grounded = _texts(rng, objects, language, word, config)
+    matches = True
+    if config.mismatched_fraction > 0:
+        noise = _seed_sequence(split, seed, index, 2)
+        if noise.random() < config.mismatched_fraction:
+            # Another scene's captions (in the same language).
+            other = _place_objects(noise, height, width, pairs, config)
+            captions = _texts(noise, other, language, "", config)[0]
+            matches = False
     return {
         "height": height,
         "width": width,
@@ -988,6 +1010,7 @@ def _scene(split, seed, index, config):
         "captions": captions,
         "refexps": refexps,
         "grounded_captions": grounded,
+        "captions_match": matches,
     }
 
 
@@ -1205,6 +1228,7 @@ def generate_example(
         "label": np.asarray(classes[0], np.int32),
         "text": np.asarray(scene["text"][0] if scene["text"] else ""),
         "text_box": text_box,
+        "captions_match": np.asarray(scene["captions_match"], np.int32),
     }
 
 
@@ -1283,6 +1307,7 @@ FEATURES = (
     ("label", tf.int32, ()),
     ("text", tf.string, ()),
     ("text_box", tf.float32, (4,)),
+    ("captions_match", tf.int32, ()),
 )
 
 

@@ -177,6 +177,34 @@ def test_english_texts_describe_the_objects():
             assert not (example["text_box"]).any()
 
 
+def test_mismatched_captions_describe_another_scene():
+    clean = _examples(count=80, num_captions=3, english_fraction=1.0)
+    noisy = _examples(
+        count=80, num_captions=3, english_fraction=1.0, mismatched_fraction=0.4
+    )
+    assert all(e["captions_match"] == 1 for e in clean)
+    mismatched = [i for i, e in enumerate(noisy) if not e["captions_match"]]
+    # 80 draws at 0.4: 32 expected, standard deviation 4.4.
+    assert 18 <= len(mismatched) <= 46
+    described = 0
+    for index, (a, b) in enumerate(zip(clean, noisy)):
+        # Everything but the captions is the clean example's.
+        for name in a:
+            if name not in ("captions", "captions_match"):
+                np.testing.assert_array_equal(a[name], b[name], err_msg=name)
+        if index not in mismatched:
+            np.testing.assert_array_equal(a["captions"], b["captions"])
+            continue
+        short = b["captions"][1]
+        pairs = zip(a["object_colors"], a["object_shapes"])
+        names = {f"{g.COLORS[c]} {g.SHAPES[s]}" for c, s in pairs}
+        described += all(name in short for name in names)
+        assert b["captions"][0] != a["captions"][0]
+    # Another scene's caption names all of this image's objects only by
+    # chance.
+    assert described <= len(mismatched) // 4
+
+
 def test_two_object_relation():
     example = next(
         e
@@ -311,6 +339,7 @@ def test_zero_shot_class_names():
         dict(text_fraction=-0.1),
         dict(num_captions=4),
         dict(aspect_ratio_range=(0.0, 2.0)),
+        dict(mismatched_fraction=1.2),
     ],
 )
 def test_bad_config(overrides):
