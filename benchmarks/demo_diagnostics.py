@@ -114,6 +114,9 @@ def main():
     parser.add_argument("--super_batch", type=int, default=64)
     parser.add_argument("--super_batches", type=int, default=20)
     parser.add_argument("--seed", type=int, default=5)
+    parser.add_argument(
+        "--test_images", type=int, default=256, help="zero-shot images"
+    )
     args = parser.parse_args()
     run = pathlib.Path(args.run)
     teacher_path = pathlib.Path(args.teacher or run / "teacher.keras")
@@ -128,7 +131,9 @@ def main():
     student = cli._tiny_backbone(tokenizer.vocabulary_size(), "stage_c")
     student.load_weights(run / "stage_c.weights.h5")
     final = keras.saving.load_model(run / "backbone.keras")
-    single = cli._generated_images("test", 256, 0, num_objects=(1, 1))
+    single = cli._generated_images(
+        "test", args.test_images, 0, num_objects=(1, 1)
+    )
 
     print("| model | zero-shot top-1 | colour right | shape right |")
     print("|---|---:|---:|---:|")

@@ -310,6 +310,46 @@ def test_demo_writes_plots(demo):
             assert abs(math.log(cols / rows / ratio)) < math.log(2)
 
 
+def test_demo_diagnostics_read_the_demo_outputs(demo):
+    """benchmarks/demo_diagnostics.py on the demo's saved models."""
+    _, output_dir = demo
+    script = os.path.join(
+        os.path.dirname(__file__), "..", "benchmarks", "demo_diagnostics.py"
+    )
+    completed = subprocess.run(
+        [
+            sys.executable,
+            script,
+            "--run",
+            str(output_dir),
+            "--test_images",
+            "16",
+            "--super_batches",
+            "3",
+            "--super_batch",
+            "32",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert completed.returncode == 0, completed.stderr[-4000:]
+    rows = {}
+    for line in completed.stdout.splitlines():
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        if len(cells) >= 3 and re.fullmatch(r"[\d.]+", cells[1]):
+            rows[cells[0]] = [float(c) for c in cells[1:]]
+    for name in ("Stage C student", "final (D) student"):
+        top1, colour, shape = rows[name]
+        # A hit on the class is a hit on its colour and on its shape.
+        assert 0 <= top1 <= min(colour, shape) and max(colour, shape) <= 1
+    assert rows["chance"] == [0.0125, 0.1, 0.125]
+    mismatched, kept = rows["mismatched"]
+    # 96 pairs drawn at 0.5 (standard deviation 0.051); half are kept.
+    assert 0.3 <= mismatched <= 0.7 and 0 <= kept <= 1
+    assert 0 <= rows["non-English"][0] <= 0.3
+
+
 def test_demo_help_documents_sizes_steps_and_output(tmp_path):
     env = dict(os.environ, KERAS_BACKEND="jax", TF_CPP_MIN_LOG_LEVEL="2")
     completed = _run(["demo", "--help"], env, tmp_path)
