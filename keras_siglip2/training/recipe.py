@@ -54,6 +54,7 @@ from keras_siglip2.training import checkpoint as ckpt
 from keras_siglip2.training.optimizer import siglip2_optimizer
 from keras_siglip2.training.stage_a import StageAModel
 from keras_siglip2.training.stage_b import StageBModel
+from keras_siglip2.training.stage_b import UniformCollapseMonitor
 from keras_siglip2.training.stage_b import self_distillation_weights
 from keras_siglip2.training.stage_d import StageDModel
 from keras_siglip2.training.stage_d import check_teacher
@@ -114,8 +115,9 @@ class RecipeConfig:
         teacher_temperature: teacher temperature after the warm-up
             (DINO/iBOT: 0.07). Small heads (a few hundred prototypes)
             can collapse to the uniform output at 0.04 -> 0.07 (both
-            self-distillation losses sit at ln K); a lower temperature
-            (the demo's 0.02) avoids it (benchmarks/RESULTS.md, "Demo").
+            self-distillation losses sit at ln K; `fit` warns through a
+            `UniformCollapseMonitor`); a lower temperature (the demo's
+            0.02) avoids it (benchmarks/RESULTS.md, "Demo").
         warmup_teacher_temperature: teacher temperature at the switch
             (DINO/iBOT: 0.04), raised linearly to `teacher_temperature`.
         teacher_temperature_warmup_fraction: warm-up length as a
@@ -767,7 +769,8 @@ class SigLIP2Recipe:
         Args:
             checkpoint_dir: where checkpoints go; an existing checkpoint
                 there is resumed (it must come from the same config).
-            callbacks: extra Keras callbacks for every stage.
+            callbacks: extra Keras callbacks for every stage (a
+                `UniformCollapseMonitor` always runs too).
             verbose: Keras `fit` verbosity.
             stop_after_steps: stop once this global step is reached (for
                 staged runs and tests); resume later from the checkpoint.
@@ -793,6 +796,10 @@ class SigLIP2Recipe:
         histories = {}
         backbone = None
         resuming = True
+        # Warns if the self-distillation heads collapse (stages B and C).
+        monitor = UniformCollapseMonitor(
+            self.config.num_prototypes, self.config.num_patch_prototypes
+        )
         while True:
             latest = ckpt.latest_checkpoint(checkpoint_dir)
             if latest is None:
@@ -843,7 +850,7 @@ class SigLIP2Recipe:
                 initial_epoch=step // every,
                 epochs=end // every,
                 steps_per_epoch=every,
-                callbacks=[saver, *(callbacks or [])],
+                callbacks=[saver, monitor, *(callbacks or [])],
                 verbose=verbose,
             )
             histories.setdefault(stage.name, {})

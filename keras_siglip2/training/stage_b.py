@@ -2,6 +2,7 @@
 EMA teacher (SILC local-to-global consistency, TIPS masked prediction)."""
 
 import math
+import warnings
 
 import keras
 from keras import ops
@@ -748,3 +749,79 @@ class StageBModel(StageAModel):
             }
         )
         return config
+
+
+class UniformCollapseMonitor(keras.callbacks.Callback):
+    """Warns when Stage B's self-distillation sits at the uniform output.
+
+    The local-to-global and masked-prediction losses are cross-entropies
+    against the teacher's centred, sharpened distribution over `K`
+    prototypes. If that distribution is uniform the loss is at least
+    `ln K`, and the student matching it reaches exactly `ln K`: the heads
+    have collapsed and teach nothing. This happens with small heads (a
+    few hundred prototypes) at DINO's teacher temperatures (0.04 -> 0.07);
+    a lower `teacher_temperature` avoids it (see `RecipeConfig`). Both
+    losses start near `ln K` (student and teacher are near uniform at
+    initialisation), so a loss must stay within `tolerance` of `ln K` for
+    `patience` epochs in a row before it warns, once per loss.
+
+    Args:
+        num_prototypes: int. `K` of the local-to-global head.
+        num_patch_prototypes: int. `K` of the masked-prediction head.
+        tolerance: float. Relative distance to `ln K` that counts as
+            collapsed.
+        patience: int. Consecutive epochs at `ln K` before warning.
+    """
+
+    LOSSES = ("local_to_global_loss", "masked_prediction_loss")
+
+    def __init__(
+        self,
+        num_prototypes: int,
+        num_patch_prototypes: int,
+        tolerance: float = 0.01,
+        patience: int = 2,
+    ):
+        super().__init__()
+        if min(num_prototypes, num_patch_prototypes) < 2:
+            raise ValueError(
+                "`num_prototypes` and `num_patch_prototypes` must be >= 2; "
+                f"got {num_prototypes} and {num_patch_prototypes}."
+            )
+        if patience < 1:
+            raise ValueError(f"`patience` must be >= 1; got {patience}.")
+        self.uniform_loss = dict(
+            zip(
+                self.LOSSES,
+                (math.log(num_prototypes), math.log(num_patch_prototypes)),
+            )
+        )
+        self.tolerance = tolerance
+        self.patience = patience
+        self.epochs_at_uniform = dict.fromkeys(self.LOSSES, 0)
+        self.warned = set()
+
+    def on_epoch_end(self, epoch, logs=None):
+        for name, uniform in self.uniform_loss.items():
+            value = (logs or {}).get(name)
+            if value is None:
+                continue
+            value = float(value)
+            if value >= (1.0 - self.tolerance) * uniform:
+                self.epochs_at_uniform[name] += 1
+            else:
+                self.epochs_at_uniform[name] = 0
+            if (
+                self.epochs_at_uniform[name] >= self.patience
+                and name not in self.warned
+            ):
+                self.warned.add(name)
+                warnings.warn(
+                    f"`{name}` has been {value:.4f} for "
+                    f"{self.epochs_at_uniform[name]} epochs, at ln K = "
+                    f"{uniform:.4f}: the self-distillation head has "
+                    "collapsed to the uniform output and teaches nothing. "
+                    "Lower the teacher temperature (`teacher_temperature`, "
+                    "`warmup_teacher_temperature`) or use more prototypes.",
+                    stacklevel=2,
+                )

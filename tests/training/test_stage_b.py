@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import warnings
 
 import keras
 import numpy as np
@@ -13,8 +14,10 @@ import pytest
 import tensorflow as tf
 
 from keras_siglip2.data.augment import add_self_distillation_views
+from keras_siglip2.losses.distillation import local_to_global_loss
 from keras_siglip2.training.optimizer import siglip2_optimizer
 from keras_siglip2.training.stage_b import StageBModel
+from keras_siglip2.training.stage_b import UniformCollapseMonitor
 from keras_siglip2.training.stage_b import apply_mask_token
 from keras_siglip2.training.stage_b import ema_momentum_at
 from keras_siglip2.training.stage_b import random_patch_mask
@@ -332,3 +335,42 @@ def test_stage_b_switch_ema_and_fit_on_other_backends(backend):
     report = json.loads(line[-1][len("RESULT ") :])
     assert report["backend"] == backend
     _check_run(report)
+
+
+def test_uniform_collapse_monitor_warns_once_after_patience():
+    # The premise: a teacher whose centred logits are constant gives a
+    # uniform target, and the student's best answer costs ln K.
+    k = 256
+    constant = np.full((3, k), 0.7, "float32")
+    loss = local_to_global_loss(
+        np.zeros((3, 2, k), "float32"), constant, np.zeros(k, "float32")
+    )
+    np.testing.assert_allclose(float(loss), np.log(k), rtol=1e-5)
+
+    monitor = UniformCollapseMonitor(k, 128, patience=2)
+    epochs = [
+        # At initialisation both losses are near ln K for a while.
+        {"local_to_global_loss": 5.54, "masked_prediction_loss": 4.85},
+        {"local_to_global_loss": 4.50, "masked_prediction_loss": 3.10},
+        {"local_to_global_loss": 5.538, "masked_prediction_loss": 3.00},
+        {"local_to_global_loss": 5.539, "masked_prediction_loss": 2.90},
+        {"local_to_global_loss": 5.540, "masked_prediction_loss": 2.80},
+        {"loss": 1.0},
+    ]
+    caught = []
+    for epoch, logs in enumerate(epochs):
+        with warnings.catch_warnings(record=True) as records:
+            warnings.simplefilter("always")
+            monitor.on_epoch_end(epoch, logs)
+        caught.append([str(r.message) for r in records])
+    assert caught[:3] == [[], [], []]
+    assert len(caught[3]) == 1
+    assert "local_to_global_loss" in caught[3][0]
+    assert f"{np.log(k):.4f}" in caught[3][0]
+    assert "teacher_temperature" in caught[3][0]
+    # Once per loss; a healthy masked-prediction loss never warns.
+    assert caught[4:] == [[], []]
+    with pytest.raises(ValueError, match="num_prototypes"):
+        UniformCollapseMonitor(1, 128)
+    with pytest.raises(ValueError, match="patience"):
+        UniformCollapseMonitor(256, 128, patience=0)
