@@ -610,8 +610,7 @@ def _tiny_backbone(
 
 def _train_teacher(tokenizer, path: pathlib.Path) -> SigLIP2Backbone:
     """The Stage D teacher: twice the student's width, trained on the
-    "curated" data (English, no rendered words) with
-    the sigmoid loss."""
+    "curated" data (English, no rendered words) with the sigmoid loss."""
     if path.exists():
         print(f"loading the teacher of an earlier run from {path}")
         return keras.saving.load_model(path, safe_mode=True)
@@ -766,10 +765,7 @@ def _recipe_demo(output_dir: pathlib.Path) -> dict:
 
     def examples_from(start):
         return generated_dataset(
-            "train",
-            seed=_SEED.value,
-            start=start,
-            side_range=DEMO_SIDE_RANGE,
+            "train", seed=_SEED.value, start=start, side_range=DEMO_SIDE_RANGE
         )
 
     recipe = SigLIP2Recipe(
