@@ -33,12 +33,10 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 from keras_siglip2 import SigLIP2ImageConverter  # noqa: E402
-from keras_siglip2 import SigLIP2Tokenizer  # noqa: E402
 from keras_siglip2 import __main__ as cli  # noqa: E402
 from keras_siglip2.data.generated import SHAPES  # noqa: E402
 from keras_siglip2.data.generated import generated_examples  # noqa: E402
 from keras_siglip2.data.generated import zero_shot_class_names  # noqa: E402
-from keras_siglip2.data.vocabulary import train_demo_sentencepiece  # noqa
 from keras_siglip2.eval.encoders import BackboneEncoder  # noqa: E402
 from keras_siglip2.eval.encoders import l2_normalize  # noqa: E402
 from keras_siglip2.eval.zero_shot import class_embeddings  # noqa: E402
@@ -121,12 +119,7 @@ def main():
     run = pathlib.Path(args.run)
     teacher_path = pathlib.Path(args.teacher or run / "teacher.keras")
 
-    tokenizer = SigLIP2Tokenizer(
-        proto=train_demo_sentencepiece(
-            vocab_size=cli.TINY_TEXT["vocabulary_size"]
-        ),
-        sequence_length=cli.TINY_TEXT["max_sequence_length"],
-    )
+    tokenizer = cli.demo_tokenizer()
     teacher = keras.saving.load_model(teacher_path)
     student = cli._tiny_backbone(tokenizer.vocabulary_size(), "stage_c")
     student.load_weights(run / "stage_c.weights.h5")

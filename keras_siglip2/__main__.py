@@ -649,13 +649,19 @@ def _train_teacher(tokenizer, path: pathlib.Path) -> SigLIP2Backbone:
     return teacher
 
 
+def demo_tokenizer() -> SigLIP2Tokenizer:
+    """The demo's tokenizer: a SentencePiece vocabulary trained on the
+    generated texts (deterministic), `TINY_TEXT`'s size and length."""
+    proto = train_demo_sentencepiece(vocab_size=TINY_TEXT["vocabulary_size"])
+    return SigLIP2Tokenizer(
+        proto=proto, sequence_length=TINY_TEXT["max_sequence_length"]
+    )
+
+
 def _recipe_demo(output_dir: pathlib.Path) -> dict:
     keras.utils.set_random_seed(_SEED.value)
     _print_header("Data and tokenizer")
-    proto = train_demo_sentencepiece(vocab_size=TINY_TEXT["vocabulary_size"])
-    tokenizer = SigLIP2Tokenizer(
-        proto=proto, sequence_length=TINY_TEXT["max_sequence_length"]
-    )
+    tokenizer = demo_tokenizer()
     print(
         f"generated grounded multilingual dataset; SentencePiece vocabulary "
         f"of {tokenizer.vocabulary_size()} pieces trained on its captions"
