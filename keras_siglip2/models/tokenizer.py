@@ -673,7 +673,9 @@ def load_tokenizer(preset, **kwargs):
     - an HF `SiglipModel`/`Siglip2Model` checkpoint (`config.json` with a
       `model_type`): `tokenizer.model` (Gemma) gives a `SigLIP2Tokenizer`,
       `spiece.model` a `SigLIPTokenizer`, `sequence_length` the text
-      tower's `max_position_embeddings`.
+      tower's `max_position_embeddings`. Without either file, a Gemma
+      BPE `tokenizer.json` (all that today's `save_pretrained` writes)
+      is converted to SentencePiece (`convert/hf_tokenizer.py`).
     For keras-hub files the sequence length comes from `preprocessor.json`
     or the text tower in `config.json` when present (64 otherwise), and
     SigLIP's canonicalisation from `preprocessor.json`'s
@@ -726,31 +728,51 @@ def load_tokenizer(preset, **kwargs):
     return _with_vocabulary(tokenizer, vocabulary)
 
 
-def _with_vocabulary(tokenizer, vocabulary: str):
-    """Sets the SentencePiece file; errors name it."""
+def _with_vocabulary(
+    tokenizer, vocabulary: str | bytes, source: str | None = None
+):
+    """Sets the SentencePiece model (a path, or bytes built from the file
+    `source`); errors name the file."""
+    source = source or vocabulary
     try:
         tokenizer.set_proto(vocabulary)
     except ValueError as e:
         message = str(e)
-        if vocabulary not in message:
-            message = f"{vocabulary}: {message}"
+        if source not in message:
+            message = f"{source}: {message}"
         raise ValueError(message) from None
     return tokenizer
 
 
 def _load_hf(files: PresetFiles, config: dict, kwargs: dict):
     """An HF `SiglipModel`/`Siglip2Model` checkpoint: the family from its
-    SentencePiece file, the length from the text tower's positions."""
+    SentencePiece file, the length from the text tower's positions.
+
+    Without a SentencePiece file (today's `save_pretrained` writes a
+    Gemma tokenizer as `tokenizer.json` only), a SigLIP 2 tokenizer is
+    rebuilt from `tokenizer.json` (see `convert/hf_tokenizer.py`).
+    """
     for file in _HF_VOCABULARIES:
         vocabulary = files.path(file, required=False)
         if vocabulary is not None:
             cls = _HF_VOCABULARIES[file]
             break
     else:
-        raise ValueError(
-            f"{files.name}: an HF checkpoint without a SentencePiece model "
-            f"({' or '.join(f'`{f}`' for f in _HF_VOCABULARIES)})."
+        tokenizer_json = files.path(TOKENIZER_FILE, required=False)
+        if tokenizer_json is None:
+            raise ValueError(
+                f"{files.name}: an HF checkpoint without a SentencePiece "
+                f"model ({' or '.join(f'`{f}`' for f in _HF_VOCABULARIES)})"
+                f" or a `{TOKENIZER_FILE}`."
+            )
+        # Imported here: `convert` imports the models package.
+        from keras_siglip2.convert.hf_tokenizer import (
+            sentencepiece_from_tokenizer_json,
         )
+
+        vocabulary = sentencepiece_from_tokenizer_json(tokenizer_json)
+        cls = SigLIP2Tokenizer
+    source = vocabulary if isinstance(vocabulary, str) else tokenizer_json
     text = config.get("text_config") or {}
     kwargs = {
         "sequence_length": text.get("max_position_embeddings", 64),
@@ -763,4 +785,4 @@ def _load_hf(files: PresetFiles, config: dict, kwargs: dict):
             f"{files.name}: cannot build a {cls.__name__} from "
             f"`{BACKBONE_FILE}`: {e}"
         ) from None
-    return _with_vocabulary(tokenizer, vocabulary)
+    return _with_vocabulary(tokenizer, vocabulary, source)

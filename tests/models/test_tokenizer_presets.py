@@ -386,5 +386,14 @@ def test_hf_checkpoint_directory(
     _rows_equal(tokenizer(texts), fixture.hf_ids(hf, texts, 24), texts)
     vocabulary = "tokenizer.model" if family == "siglip2" else "spiece.model"
     (tmp_path / vocabulary).unlink()
+    if family == "siglip2":
+        # What `save_pretrained` writes on its own: `tokenizer.json` only,
+        # converted back to SentencePiece.
+        assert (tmp_path / "tokenizer.json").is_file()
+        tokenizer = SigLIP2Tokenizer.from_preset(tmp_path)
+        assert type(tokenizer) is SigLIP2Tokenizer
+        assert tokenizer.sequence_length == 24
+        _rows_equal(tokenizer(texts), fixture.hf_ids(hf, texts, 24), texts)
+        (tmp_path / "tokenizer.json").unlink()
     with pytest.raises(ValueError, match="HF checkpoint without"):
         SigLIP2Tokenizer.from_preset(tmp_path)
