@@ -19,6 +19,7 @@ so it is the default. `truncation="cut"` cuts `tokens + [EOS]` at
 """
 
 import functools
+import hashlib
 import re
 import string
 
@@ -34,6 +35,34 @@ from keras_siglip2.models.presets import PresetFiles
 
 TRUNCATION_MODES = ("sticky", "cut")
 _NUL = "\x00"
+
+
+class _SharedSentencePieceModel(tf.saved_model.experimental.TrackableResource):
+    """tf-text's SentencePiece model resource, under a shared name.
+
+    tf-text makes the model a resource private to the eager kernel that
+    created it. `tf.random.set_seed`, and so `keras.utils.set_random_seed`,
+    clears TensorFlow's kernel cache, which deletes such resources: every
+    later `tf.data` map of the tokenizer fails with "Resource ...
+    SentencepieceOp ... does not exist". Under a shared name the model
+    lives in TensorFlow's resource manager instead, once per distinct
+    proto (the name is its hash) for the life of the process. (tf-text's
+    own private copy is still built; it goes with the kernel cache.)
+    """
+
+    def __init__(self, proto: bytes):
+        self._proto = proto
+        digest = hashlib.sha256(proto).hexdigest()[:32]
+        self._shared_name = f"keras_siglip2_sentencepiece_{digest}"
+        super().__init__()
+        _ = self.resource_handle  # Creates the resource now, eagerly.
+
+    def _create_resource(self):
+        from tensorflow_text.python.ops import sentencepiece_tokenizer as ops
+
+        return ops.gen_sentencepiece_tokenizer.sentencepiece_op(
+            model=self._proto, shared_name=self._shared_name
+        )
 
 
 @functools.lru_cache(maxsize=1)
@@ -158,6 +187,11 @@ class _FixedLengthMixin:
                 f"{truncation!r}."
             )
         self.truncation = truncation
+
+    def _set_proto_tf(self, proto):
+        super()._set_proto_tf(proto)
+        # See `_SharedSentencePieceModel`: survives `tf.random.set_seed`.
+        self._sentence_piece._model_resource = _SharedSentencePieceModel(proto)
 
     def set_proto(self, proto):
         """Sets the SentencePiece model; raises `ValueError` if unparsable.

@@ -334,3 +334,60 @@ def test_siglip_v1_known_difference_literal_special_tokens(t5_file):
     expected = model.encode("a s b") + [1]
     assert ours[: len(expected)].tolist() == expected
     assert fixture.hf_ids(hf, ["a </s> b"])[0] != ours.tolist()
+
+
+_SEED_SCRIPT = """
+import json, sys
+import keras, keras_hub, tensorflow as tf
+from keras_siglip2.models.tokenizer import SigLIP2Tokenizer, SigLIPTokenizer
+
+gemma, t5 = (open(p, "rb").read() for p in sys.argv[1:3])
+texts = ["a red circle", "ein blauer Kreis", "<eos> x"]
+tokenizers = {
+    "ours_siglip2": SigLIP2Tokenizer(proto=gemma),
+    "ours_siglip": SigLIPTokenizer(proto=t5),
+    "keras_hub": keras_hub.tokenizers.GemmaTokenizer(proto=gemma),
+}
+keras.utils.set_random_seed(0)  # Clears TensorFlow's kernel cache.
+result = {}
+for name, tokenizer in tokenizers.items():
+    dataset = tf.data.Dataset.from_tensor_slices(texts).batch(3)
+    try:
+        ids = next(iter(dataset.map(tokenizer)))
+        result[name] = [tokenizer(texts).tolist(), ids.numpy().tolist()]
+    except tf.errors.NotFoundError as e:
+        result[name] = str(e)[-300:]
+print(json.dumps(result))
+"""
+
+
+def test_tf_data_after_set_random_seed(gemma_dir, t5_file):
+    """`keras.utils.set_random_seed` clears TensorFlow's kernel cache,
+    which deletes tf-text's kernel-owned SentencePiece model (keras-hub's
+    tokenizer then fails in `tf.data`, checked here as the premise); ours
+    keep theirs. In a subprocess: the cache is process-wide."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            _SEED_SCRIPT,
+            str(gemma_dir / "tokenizer.model"),
+            str(t5_file),
+        ],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "KERAS_BACKEND": "jax"},
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert "does not exist" in result["keras_hub"]
+    for name in ("ours_siglip2", "ours_siglip"):
+        assert isinstance(result[name], list), result[name]
+        eager, in_tf_data = result[name]
+        assert eager == in_tf_data and len(eager) == 3, name
