@@ -422,8 +422,7 @@ def evaluate_referring(
     if decoder is None:
         # Keras draws unseeded initializer seeds from Python's `random`:
         # seed it for this build only. (`keras.utils.set_random_seed` would
-        # also reset TensorFlow's seed, which destroys the SentencePiece
-        # resources of tokenizers already used in `tf.data`.)
+        # also reseed numpy, TensorFlow and the caller's other draws.)
         python_random_state = random.getstate()
         random.seed(seed)
         try:

@@ -456,9 +456,8 @@ class SigLIP2Recipe:
                 c_stage.end_step - c_stage.start_step,
             )
         # Every layer the stages add is created now, in a fixed order, so a
-        # resumed process (same script, same seed) builds identical ones.
-        # (Re-seeding later with `keras.utils.set_random_seed` would also
-        # reset TensorFlow's resources, which breaks the tokenizer.)
+        # resumed process (same script, same seed) builds identical ones
+        # without re-seeding anything.
         self.decoder = locca_decoder_for(
             backbone, self.vocabulary.size, config.decoder_length
         )
