@@ -4,13 +4,9 @@ Each backend runs in its own subprocess (a process has one backend), which
 prints one `RESULT {json}` line that the test parses.
 """
 
-import json
-import os
-import subprocess
-import sys
-
 import numpy as np
 import pytest
+from distribution_subprocess import run_code
 
 SCRIPT = """
 import json
@@ -83,23 +79,7 @@ def _sigmoid_loss(logits: np.ndarray) -> float:
 
 @pytest.mark.parametrize("backend", ["jax", "tensorflow", "torch"])
 def test_forward_fit_save_reload(backend, tmp_path):
-    env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="2")
-    completed = subprocess.run(
-        [sys.executable, "-c", SCRIPT, str(tmp_path)],
-        env=env,
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert completed.returncode == 0, completed.stderr[-4000:]
-    lines = [
-        line
-        for line in completed.stdout.splitlines()
-        if line.startswith("RESULT ")
-    ]
-    assert len(lines) == 1, completed.stdout
-    result = json.loads(lines[0].removeprefix("RESULT "))
+    result = run_code(SCRIPT, str(tmp_path), backend=backend, timeout=300)
 
     assert result["backend"] == backend
     assert result["logits_shape"] == [4, 4]

@@ -14,6 +14,7 @@ import pytest
 import sentencepiece as spm
 import sentencepiece_fixture as fixture
 import tensorflow as tf
+from distribution_subprocess import run_code
 
 from keras_siglip2.models.tokenizer import SigLIP2Tokenizer
 from keras_siglip2.models.tokenizer import SigLIPTokenizer
@@ -357,7 +358,7 @@ for name, tokenizer in tokenizers.items():
         result[name] = [tokenizer(texts).tolist(), ids.numpy().tolist()]
     except tf.errors.NotFoundError as e:
         result[name] = str(e)[-300:]
-print(json.dumps(result))
+print("RESULT " + json.dumps(result))
 """
 
 
@@ -366,26 +367,9 @@ def test_tf_data_after_set_random_seed(gemma_dir, t5_file):
     which deletes tf-text's kernel-owned SentencePiece model (keras-hub's
     tokenizer then fails in `tf.data`, checked here as the premise); ours
     keep theirs. In a subprocess: the cache is process-wide."""
-    import json
-    import os
-    import subprocess
-    import sys
-
-    out = subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            _SEED_SCRIPT,
-            str(gemma_dir / "tokenizer.model"),
-            str(t5_file),
-        ],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "KERAS_BACKEND": "jax"},
-        timeout=300,
+    result = run_code(
+        _SEED_SCRIPT, str(gemma_dir / "tokenizer.model"), str(t5_file)
     )
-    assert out.returncode == 0, out.stderr[-2000:]
-    result = json.loads(out.stdout.strip().splitlines()[-1])
     assert "does not exist" in result["keras_hub"]
     for name in ("ours_siglip2", "ours_siglip"):
         assert isinstance(result[name], list), result[name]

@@ -1,15 +1,12 @@
 """Stage A: sigmoid + LocCa decoder losses under `fit`, on every backend."""
 
-import json
 import os
-import subprocess
-import sys
-import textwrap
 
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from distribution_subprocess import run_code
 
 from keras_siglip2.data.locca import LocCaVocabulary
 from keras_siglip2.data.locca import random_locca_sequence
@@ -189,60 +186,46 @@ def test_stage_a_fit_with_callbacks(tmp_path):
     )
 
 
-_BACKEND_SCRIPT = textwrap.dedent(
-    """
-    import json, sys
-    import numpy as np
-    sys.path.insert(0, {tests!r})
-    from training.test_stage_a import _dataset, _stage_a
-    from keras_siglip2.training.optimizer import siglip2_optimizer
-    import keras
-    model = _stage_a()
-    model.compile(
-        optimizer=siglip2_optimizer(total_steps=2, warmup_steps=0)
-    )
-    before = [np.array(w) for w in model.trainable_weights]
-    history = model.fit(_dataset(n=8), epochs=1, verbose=0)
-    unchanged = [
-        b.path
-        for a, b in zip(before, model.trainable_weights)
-        if np.allclose(a, np.asarray(b))
-    ]
-    # `ring_loss=True` falls back to the plain loss on this backend.
-    from keras_siglip2.training.stage_a import StageAModel
-    ring = StageAModel(model.backbone, model.decoder, ring_loss=True)
-    batch = {{
-        k: np.asarray(v) for k, v in next(iter(_dataset(n=8))).items()
-    }}
-    losses = [
-        float(keras.ops.convert_to_numpy(
-            m.compute_loss(x=batch, y_pred=m(batch))
-        ))
-        for m in (model, ring)
-    ]
-    print("RESULT " + json.dumps({{
-        "backend": keras.backend.backend(),
-        "history": {{k: v[-1] for k, v in history.history.items()}},
-        "unchanged": unchanged,
-        "plain_and_ring_loss": losses}}))
-    """
+_BACKEND_CODE = """
+import json
+import numpy as np
+from training.test_stage_a import _dataset, _stage_a
+from keras_siglip2.training.optimizer import siglip2_optimizer
+import keras
+model = _stage_a()
+model.compile(
+    optimizer=siglip2_optimizer(total_steps=2, warmup_steps=0)
 )
+before = [np.array(w) for w in model.trainable_weights]
+history = model.fit(_dataset(n=8), epochs=1, verbose=0)
+unchanged = [
+    b.path
+    for a, b in zip(before, model.trainable_weights)
+    if np.allclose(a, np.asarray(b))
+]
+# `ring_loss=True` falls back to the plain loss on this backend.
+from keras_siglip2.training.stage_a import StageAModel
+ring = StageAModel(model.backbone, model.decoder, ring_loss=True)
+batch = {
+    k: np.asarray(v) for k, v in next(iter(_dataset(n=8))).items()
+}
+losses = [
+    float(keras.ops.convert_to_numpy(
+        m.compute_loss(x=batch, y_pred=m(batch))
+    ))
+    for m in (model, ring)
+]
+print("RESULT " + json.dumps({
+    "backend": keras.backend.backend(),
+    "history": {k: v[-1] for k, v in history.history.items()},
+    "unchanged": unchanged,
+    "plain_and_ring_loss": losses}))
+"""
 
 
 @pytest.mark.parametrize("backend", ["tensorflow", "torch"])
 def test_stage_a_fit_on_other_backends(backend):
-    tests_dir = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    script = _BACKEND_SCRIPT.format(tests=tests_dir)
-    result = subprocess.run(
-        [sys.executable, "-c", script],
-        capture_output=True,
-        text=True,
-        env=dict(os.environ, KERAS_BACKEND=backend),
-        timeout=600,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    line = [x for x in result.stdout.splitlines() if x.startswith("RESULT ")]
-    report = json.loads(line[-1][len("RESULT ") :])
+    report = run_code(_BACKEND_CODE, backend=backend)
     assert report["backend"] == backend
     history = report["history"]
     assert {"loss", "sigmoid_loss", "decoder_loss"} <= set(history)

@@ -1,17 +1,13 @@
 """Stage B: EMA teacher, self-distillation losses and masking, on every
 backend."""
 
-import json
-import os
-import subprocess
-import sys
-import textwrap
 import warnings
 
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from distribution_subprocess import run_code
 
 from keras_siglip2.data.augment import add_self_distillation_views
 from keras_siglip2.losses.distillation import local_to_global_loss
@@ -310,29 +306,16 @@ def test_save_and_load_keep_teacher_centres_and_switch(tmp_path):
         np.testing.assert_array_equal(np.asarray(saved), np.asarray(loaded))
 
 
-_BACKEND_SCRIPT = textwrap.dedent(
-    """
-    import json, sys
-    sys.path.insert(0, {tests!r})
-    from training.test_stage_b import _run, _stage_b
-    print("RESULT " + json.dumps(_run(_stage_b())))
-    """
-)
+_BACKEND_CODE = """
+import json
+from training.test_stage_b import _run, _stage_b
+print("RESULT " + json.dumps(_run(_stage_b())))
+"""
 
 
 @pytest.mark.parametrize("backend", ["tensorflow", "torch"])
 def test_stage_b_switch_ema_and_fit_on_other_backends(backend):
-    tests_dir = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    result = subprocess.run(
-        [sys.executable, "-c", _BACKEND_SCRIPT.format(tests=tests_dir)],
-        capture_output=True,
-        text=True,
-        env=dict(os.environ, KERAS_BACKEND=backend),
-        timeout=600,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    line = [x for x in result.stdout.splitlines() if x.startswith("RESULT ")]
-    report = json.loads(line[-1][len("RESULT ") :])
+    report = run_code(_BACKEND_CODE, backend=backend)
     assert report["backend"] == backend
     _check_run(report)
 

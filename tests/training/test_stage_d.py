@@ -1,15 +1,10 @@
 """Stage D (ACID): learnability selection on planted data, and `fit`."""
 
-import json
-import os
-import subprocess
-import sys
-import textwrap
-
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from distribution_subprocess import run_code
 
 from keras_siglip2.models.backbone import SigLIP2Backbone
 from keras_siglip2.models.text_encoder import SigLIP2TextEncoder
@@ -246,28 +241,15 @@ def test_stage_d_fit_compiles_one_step_on_jax():
     assert report["traces"] == report["traces_after_first_step"]
 
 
-_BACKEND_SCRIPT = textwrap.dedent(
-    """
-    import json, sys
-    sys.path.insert(0, {tests!r})
-    from training.test_stage_d import _fit
-    print("RESULT " + json.dumps(_fit()))
-    """
-)
+_BACKEND_CODE = """
+import json
+from training.test_stage_d import _fit
+print("RESULT " + json.dumps(_fit()))
+"""
 
 
 @pytest.mark.parametrize("backend", ["tensorflow", "torch"])
 def test_stage_d_fit_on_other_backends(backend):
-    tests_dir = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    result = subprocess.run(
-        [sys.executable, "-c", _BACKEND_SCRIPT.format(tests=tests_dir)],
-        capture_output=True,
-        text=True,
-        env=dict(os.environ, KERAS_BACKEND=backend),
-        timeout=600,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    line = [x for x in result.stdout.splitlines() if x.startswith("RESULT ")]
-    report = json.loads(line[-1][len("RESULT ") :])
+    report = run_code(_BACKEND_CODE, backend=backend)
     assert report["backend"] == backend
     _check_fit(report)
