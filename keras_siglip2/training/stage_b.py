@@ -807,7 +807,9 @@ class UniformCollapseMonitor(keras.callbacks.Callback):
             if value is None:
                 continue
             value = float(value)
-            if value >= (1.0 - self.tolerance) * uniform:
+            # Only near ln K: far above it the teacher is peaked and the
+            # student disagrees with it (early training), not collapsed.
+            if abs(value - uniform) <= self.tolerance * uniform:
                 self.epochs_at_uniform[name] += 1
             else:
                 self.epochs_at_uniform[name] = 0

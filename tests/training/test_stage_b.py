@@ -353,6 +353,17 @@ def test_uniform_collapse_monitor_warns_once_after_patience():
     assert "teacher_temperature" in caught[3][0]
     # Once per loss; a healthy masked-prediction loss never warns.
     assert caught[4:] == [[], []]
+    # A loss far above ln K (a peaked teacher the student does not match
+    # yet, as in the first steps) is not a collapse.
+    far_above = UniformCollapseMonitor(32, 16, patience=2)
+    with warnings.catch_warnings(record=True) as records:
+        warnings.simplefilter("always")
+        for epoch in range(4):
+            far_above.on_epoch_end(
+                epoch,
+                {"local_to_global_loss": 8.8, "masked_prediction_loss": 6.0},
+            )
+    assert records == []
     with pytest.raises(ValueError, match="num_prototypes"):
         UniformCollapseMonitor(1, 128)
     with pytest.raises(ValueError, match="patience"):
