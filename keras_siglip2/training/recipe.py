@@ -771,8 +771,10 @@ class SigLIP2Recipe:
             callbacks: extra Keras callbacks for every stage (a
                 `UniformCollapseMonitor` always runs too).
             verbose: Keras `fit` verbosity.
-            stop_after_steps: stop once this global step is reached (for
-                staged runs and tests); resume later from the checkpoint.
+            stop_after_steps: stop at the first checkpoint at or after
+                this global step (for staged runs and tests; checkpoints
+                come every `checkpoint_every` steps); resume later from
+                it.
             on_stage_end: optional `fn(stage_name, backbone)`, called after
                 the last step of each stage this call trains through
                 (`"A"`, `"B"`, `"C"`, `"D"`), once that stage's final
@@ -792,6 +794,19 @@ class SigLIP2Recipe:
             ValueError: if the checkpoint in `checkpoint_dir` was written
                 with another config, or is corrupt.
         """
+        every = self.config.checkpoint_every
+        if stop_after_steps is not None:
+            if (
+                not isinstance(stop_after_steps, int)
+                or isinstance(stop_after_steps, bool)
+                or stop_after_steps < 0
+            ):
+                raise ValueError(
+                    "`stop_after_steps` must be an int >= 0 or None; got "
+                    f"{stop_after_steps!r}."
+                )
+            # Runs stop at checkpoints: round up to the next one.
+            stop_after_steps = -(-stop_after_steps // every) * every
         histories = {}
         backbone = None
         resuming = True
@@ -840,7 +855,12 @@ class SigLIP2Recipe:
             end = stage.end_step
             if stop_after_steps is not None:
                 end = min(end, stop_after_steps)
-            every = self.config.checkpoint_every
+            if end // every <= step // every:
+                # Would train no step and loop forever.
+                raise RuntimeError(
+                    f"Internal error: no checkpoint segment between step "
+                    f"{step} and {end} (every {every})."
+                )
             saver = _CheckpointCallback(
                 self, checkpoint_dir, _saved_model(model), optimizer, stage
             )

@@ -176,13 +176,13 @@ def test_failed_checkpoint_write_keeps_the_previous_one(tmp_path, monkeypatch):
         ckpt.latest_checkpoint(tmp_path)
 
 
-def _run(args, timeout=900):
+def _run(args, timeout=900, backend="jax"):
     return subprocess.run(
         [sys.executable, str(SCRIPT), *args],
         capture_output=True,
         text=True,
         timeout=timeout,
-        env=_ENV,
+        env={**_ENV, "KERAS_BACKEND": backend},
     )
 
 
@@ -243,19 +243,47 @@ def test_naflex_recipe_resumes_mid_stage_c_through_stage_d(tmp_path):
     )
     assert reference.returncode == 0, reference.stderr[-3000:]
     # Stop in the NaFlex Stage C (steps 6-11) at step 8, between the two
-    # half-batch steps of batch 7, and resume.
+    # half-batch steps of batch 7, and resume. (Step 7 is no checkpoint:
+    # the run goes on to the next one, 8.)
     resumed = _run(
         [
             str(tmp_path / "staged"),
             str(tmp_path / "staged.npz"),
             "naflex",
-            "stop=8",
+            "stop=7",
         ]
     )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     stages = _compare(tmp_path / "ref.npz", tmp_path / "staged.npz")
     expected = ["A:fixed", "B:fixed", "C:naflex", "D:fixed"]
     assert list(stages[0]) == list(stages[1]) == expected
+
+
+@pytest.mark.parametrize("backend", ["tensorflow", "torch"])
+def test_recipe_runs_and_resumes_bit_exact_on_other_backends(backend, tmp_path):
+    """A to D with `fit` on TensorFlow and PyTorch; a run stopped after
+    Stage B and resumed in the same process ends with the same weights
+    as one that ran straight through."""
+    reference = _run(
+        [str(tmp_path / "ref"), str(tmp_path / "ref.npz")], backend=backend
+    )
+    assert reference.returncode == 0, reference.stderr[-3000:]
+    staged = _run(
+        [str(tmp_path / "staged"), str(tmp_path / "staged.npz"), "stop=6"],
+        backend=backend,
+    )
+    assert staged.returncode == 0, staged.stderr[-3000:]
+    stages = _compare(tmp_path / "ref.npz", tmp_path / "staged.npz")
+    expected = ["A:fixed", "B:fixed", "C:fixed", "D:fixed"]
+    assert list(stages[0]) == expected
+    # The resumed `fit` first reports the stage its checkpoint ended.
+    assert list(stages[1]) == expected[:2] + expected[1:]
+    with np.load(tmp_path / "ref.npz") as weights:
+        assert all(
+            np.isfinite(weights[k]).all()
+            for k in weights.files
+            if k != "__stages__"
+        )
 
 
 @pytest.fixture(scope="module")
@@ -391,6 +419,12 @@ def test_recipe_rejects_bad_inputs_before_training(tokenizer):
             tokenizer,
             _no_examples,
         )
+    recipe = SigLIP2Recipe(
+        _tiny_config(), _backbone(vocabulary), tokenizer, _no_examples
+    )
+    for bad in (-1, 2.5, True, "4"):
+        with pytest.raises(ValueError, match="stop_after_steps"):
+            recipe.fit("unused_checkpoint_dir", stop_after_steps=bad)
 
 
 def test_recipe_ring_loss_reaches_the_stage_models(tokenizer):
