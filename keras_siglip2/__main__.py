@@ -95,6 +95,7 @@ from keras_siglip2.training.recipe import RecipeConfig
 from keras_siglip2.training.recipe import SigLIP2Recipe
 from keras_siglip2.training.stage_a import StageAModel
 from keras_siglip2.training.stage_d import num_kept
+from keras_siglip2.utils.atomic_write import write_json_atomic
 
 _OUTPUT_DIR = flags.DEFINE_string(
     "output_dir",
@@ -329,14 +330,7 @@ class _StepLosses(keras.callbacks.Callback):
             self.curves.setdefault(name, []).append([step, value])
 
     def on_epoch_end(self, epoch, logs=None):
-        _write_json_atomically(self.path, self.runs)
-
-
-def _write_json_atomically(path, value) -> None:
-    path = pathlib.Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(value))
-    os.replace(tmp, path)
+        write_json_atomic(self.path, self.runs)
 
 
 class _CachingEncoder(eval_lib.BackboneEncoder):

@@ -22,7 +22,6 @@ import dataclasses
 import math
 import os
 import re
-import tempfile
 import zipfile
 import zlib
 from collections.abc import Callable
@@ -36,6 +35,7 @@ from keras_siglip2.convert.checked_assign import assign_checked
 from keras_siglip2.models.backbone import SigLIP2Backbone
 from keras_siglip2.models.text_encoder import SigLIP2TextEncoder
 from keras_siglip2.models.vision_encoder import SigLIP2VisionEncoder
+from keras_siglip2.utils.atomic_write import atomic_write
 
 _PREFIX = "params/"
 _IMAGE_BLOCKS = "img/Transformer"
@@ -512,13 +512,5 @@ def save_big_vision_npz(
         if progress is not None:
             progress(done, len(entries))
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    with atomic_write(path) as f:
+        np.savez(f, **arrays)

@@ -21,7 +21,6 @@ import dataclasses
 import json
 import math
 import os
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -34,6 +33,7 @@ from keras_siglip2.convert.safetensors_io import write_safetensors
 from keras_siglip2.models.backbone import SigLIP2Backbone
 from keras_siglip2.models.text_encoder import SigLIP2TextEncoder
 from keras_siglip2.models.vision_encoder import SigLIP2VisionEncoder
+from keras_siglip2.utils.atomic_write import write_json_atomic
 
 # Buffers some transformers versions save; they hold no learned values.
 _IGNORED_KEYS = (
@@ -515,18 +515,6 @@ def hf_config(backbone: SigLIP2Backbone, dtype: str | None = None) -> dict:
     )
 
 
-def _write_json_atomic(path: Path, data: dict) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-
-
 def save_hf_checkpoint(
     backbone: SigLIP2Backbone,
     path: str | os.PathLike,
@@ -564,4 +552,4 @@ def save_hf_checkpoint(
     )
     dtypes = {array.dtype.name for array in tensors.values()}
     dtype = dtypes.pop() if len(dtypes) == 1 else "float32"
-    _write_json_atomic(path / "config.json", hf_config(backbone, dtype))
+    write_json_atomic(path / "config.json", hf_config(backbone, dtype))

@@ -9,11 +9,12 @@ package out of the runtime dependencies, and never unpickles anything.
 import json
 import os
 import struct
-import tempfile
 from pathlib import Path
 
 import ml_dtypes
 import numpy as np
+
+from keras_siglip2.utils.atomic_write import atomic_write
 
 _DTYPES = {
     "F64": np.dtype("<f8"),
@@ -128,16 +129,8 @@ def write_safetensors(
         header["__metadata__"] = {str(k): str(v) for k, v in metadata.items()}
     header_bytes = json.dumps(header, separators=(",", ":")).encode()
     header_bytes += b" " * (-len(header_bytes) % 8)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(struct.pack("<Q", len(header_bytes)))
-            f.write(header_bytes)
-            for array in arrays:
-                f.write(array.tobytes())
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    with atomic_write(path) as f:
+        f.write(struct.pack("<Q", len(header_bytes)))
+        f.write(header_bytes)
+        for array in arrays:
+            f.write(array.tobytes())
