@@ -4,6 +4,7 @@ from keras_siglip2.convert.big_vision import load_big_vision_npz
 from keras_siglip2.convert.big_vision import save_big_vision_npz
 from keras_siglip2.convert.hf import load_hf_checkpoint
 from keras_siglip2.convert.hf import save_hf_checkpoint
+from keras_siglip2.convert.hf_processor import save_hf_preprocessor
 from keras_siglip2.convert.keras_hub import backbone_from_keras_hub
 from keras_siglip2.convert.keras_hub import load_preset
 from keras_siglip2.convert.keras_hub import save_keras_hub_preset
@@ -16,6 +17,7 @@ __all__ = [
     "load_preset",
     "save_big_vision_npz",
     "save_hf_checkpoint",
+    "save_hf_preprocessor",
     "save_keras_hub_preset",
     "to_keras_hub_backbone",
 ]

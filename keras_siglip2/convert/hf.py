@@ -28,6 +28,9 @@ import keras
 import numpy as np
 
 from keras_siglip2.convert.checked_assign import assign_checked
+from keras_siglip2.convert.hf_processor import hf_image_processor_config
+from keras_siglip2.convert.hf_processor import hf_tokenizer_files
+from keras_siglip2.convert.hf_processor import save_hf_preprocessor
 from keras_siglip2.convert.safetensors_io import read_safetensors
 from keras_siglip2.convert.safetensors_io import write_safetensors
 from keras_siglip2.models.backbone import SigLIP2Backbone
@@ -519,25 +522,42 @@ def save_hf_checkpoint(
     backbone: SigLIP2Backbone,
     path: str | os.PathLike,
     progress: Callable[[int, int], None] | None = None,
+    preprocessor=None,
 ) -> None:
     """Writes a backbone as an HF transformers checkpoint directory.
 
     `transformers.AutoModel.from_pretrained(path)` then loads it as a
     `SiglipModel` (fixed resolution) or `Siglip2Model` (NaFlex), and
-    `load_hf_checkpoint(path)` loads it back exactly. Each file is written
-    atomically (temporary file, then rename).
+    `load_hf_checkpoint(path)` loads it back exactly. With a
+    `preprocessor`, its tokenizer and image-processor files are written
+    too (`save_hf_preprocessor`), so `transformers.AutoProcessor` loads
+    the matching processor. Each file is written atomically (temporary
+    file, then rename).
 
     Args:
         backbone: a `SigLIP2Backbone`.
         path: output directory, created if needed.
         progress: optional `progress(done, total)` called per tensor.
+        preprocessor: optional `SigLIP2Preprocessor` for this backbone.
+
+    Raises:
+        ValueError: a preprocessor that does not fit the backbone
+            (vocabulary size, text length, image size, patch size, NaFlex
+            or not) or that HF cannot reproduce; checked before anything
+            is written.
 
     Example:
     ```python
-    save_hf_checkpoint(backbone, "siglip2_hf")
+    save_hf_checkpoint(backbone, "siglip2_hf", preprocessor=preprocessor)
     model = transformers.AutoModel.from_pretrained("siglip2_hf")
+    processor = transformers.AutoProcessor.from_pretrained("siglip2_hf")
     ```
     """
+    if preprocessor is not None:
+        _check_preprocessor_fits(backbone, preprocessor)
+        # Raises on what HF cannot express before any file is written.
+        hf_tokenizer_files(preprocessor.tokenizer)
+        hf_image_processor_config(preprocessor.image_converter)
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     entries = hf_weight_entries(backbone)
@@ -553,3 +573,51 @@ def save_hf_checkpoint(
     dtypes = {array.dtype.name for array in tensors.values()}
     dtype = dtypes.pop() if len(dtypes) == 1 else "float32"
     write_json_atomic(path / "config.json", hf_config(backbone, dtype))
+    if preprocessor is not None:
+        save_hf_preprocessor(preprocessor, path)
+
+
+def _check_preprocessor_fits(backbone: SigLIP2Backbone, preprocessor):
+    tokenizer = getattr(preprocessor, "tokenizer", None)
+    converter = getattr(preprocessor, "image_converter", None)
+    if tokenizer is None or converter is None:
+        raise ValueError(
+            "The preprocessor needs a tokenizer and an image converter."
+        )
+    text, vision = backbone.text_encoder, backbone.vision_encoder
+    problems = []
+    if tokenizer.vocabulary_size() != text.vocabulary_size:
+        problems.append(
+            f"the tokenizer has {tokenizer.vocabulary_size()} pieces, the "
+            f"text tower {text.vocabulary_size} embeddings"
+        )
+    if tokenizer.sequence_length > text.max_sequence_length:
+        problems.append(
+            f"the tokenizer gives {tokenizer.sequence_length} ids, the "
+            f"text tower takes at most {text.max_sequence_length}"
+        )
+    if bool(converter.naflex) != bool(backbone.naflex):
+        kinds = {True: "NaFlex", False: "fixed-resolution"}
+        problems.append(
+            f"the image converter is {kinds[bool(converter.naflex)]}, the "
+            f"backbone {kinds[bool(backbone.naflex)]}"
+        )
+    elif backbone.naflex and converter.patch_size != vision.patch_size:
+        problems.append(
+            f"the image converter cuts {converter.patch_size}-px patches, "
+            f"the backbone {vision.patch_size}-px"
+        )
+    elif not backbone.naflex and converter.image_size != (
+        vision.image_size,
+        vision.image_size,
+    ):
+        problems.append(
+            f"the image converter gives {converter.image_size} images, the "
+            f"backbone takes {vision.image_size}-px"
+        )
+    if problems:
+        raise ValueError(
+            "The preprocessor does not fit the backbone: "
+            + "; ".join(problems)
+            + "."
+        )

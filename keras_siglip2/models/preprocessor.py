@@ -84,9 +84,10 @@ class SigLIP2Preprocessor(Preprocessor):
         handles, our `save_to_preset` directories and keras-hub ones
         (written by `SigLIPPreprocessor.save_to_preset`, or by
         `SigLIPBackbone` and `SigLIPTokenizer`/`GemmaTokenizer`
-        `save_to_preset`) and HF checkpoint directories that hold the
-        SentencePiece model. The tokenizer comes from `load_tokenizer` (so
-        SigLIP presets get a `SigLIPTokenizer`) and the image converter
+        `save_to_preset`) and HF checkpoint directories (with the
+        SentencePiece model, or only a Gemma `tokenizer.json`). The
+        tokenizer comes from `load_tokenizer` (so SigLIP presets get a
+        `SigLIPTokenizer`) and the image converter
         from `load_image_converter` (sized from `image_converter.json` or
         the backbone's `config.json`; NaFlex for NaFlex backbones).
 
