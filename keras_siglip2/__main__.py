@@ -30,6 +30,9 @@
   progress bar over its tensors. `keras` is a `.keras` file (when the path
   ends in `.keras`) or our preset directory; `keras_hub` a keras-hub
   `SigLIPBackbone` preset directory (or, as a source, a preset name).
+  With `--to hf --processor PRESET`, the tokenizer and image converter of
+  PRESET (any preset or HF directory `SigLIP2Preprocessor.from_preset`
+  reads, e.g. SRC) are written too, for `transformers.AutoProcessor`.
 - `summary SRC` prints the architecture and parameter counts per tower of
   a checkpoint (`.npz`, `.keras`, a preset or HF directory) or of a preset
   name, without downloading it.
@@ -84,6 +87,7 @@ from keras_siglip2.models.configs import BackboneConfig
 from keras_siglip2.models.configs import get_config
 from keras_siglip2.models.image_converter import SigLIP2ImageConverter
 from keras_siglip2.models.locca_decoder import locca_decoder_for
+from keras_siglip2.models.preprocessor import SigLIP2Preprocessor
 from keras_siglip2.models.presets import PRESETS
 from keras_siglip2.models.presets import get_preset
 from keras_siglip2.models.text_encoder import SigLIP2TextEncoder
@@ -143,6 +147,12 @@ _FROM = flags.DEFINE_enum(
 )
 _TO = flags.DEFINE_enum(
     "to", None, TARGET_FORMATS, "Target format of `convert`."
+)
+_PROCESSOR = flags.DEFINE_string(
+    "processor",
+    None,
+    "`convert --to hf`: a preset or directory whose tokenizer and image "
+    "converter are written as HF processor files beside the model.",
 )
 _IMAGE_SIZE = flags.DEFINE_integer(
     "image_size",
@@ -993,7 +1003,11 @@ def load_checkpoint(
 
 
 def save_checkpoint(
-    backbone: SigLIP2Backbone, target_format: str, path: str, progress=None
+    backbone: SigLIP2Backbone,
+    target_format: str,
+    path: str,
+    progress=None,
+    preprocessor=None,
 ) -> None:
     """Writes a backbone in any supported format.
 
@@ -1002,14 +1016,23 @@ def save_checkpoint(
         target_format: one of `TARGET_FORMATS`.
         path: output path.
         progress: optional `progress(done, total)` callback.
+        preprocessor: optional `SigLIP2Preprocessor` written beside an
+            `"hf"` checkpoint as HF processor files.
     """
+    if preprocessor is not None and target_format != "hf":
+        raise ValueError(
+            f"A preprocessor is written with `hf` checkpoints only; got "
+            f"{target_format!r}."
+        )
     if target_format == "keras":
         if path.endswith(".keras"):
             backbone.save(path)
         else:
             backbone.save_to_preset(path)
     elif target_format == "hf":
-        save_hf_checkpoint(backbone, path, progress=progress)
+        save_hf_checkpoint(
+            backbone, path, progress=progress, preprocessor=preprocessor
+        )
     elif target_format == "keras_hub":
         save_keras_hub_preset(backbone, path, progress=progress)
     elif target_format == "big_vision":
@@ -1028,6 +1051,7 @@ def convert_checkpoint(
     target: str,
     image_size: int | None = None,
     verbose: bool = True,
+    processor: str | None = None,
 ) -> SigLIP2Backbone:
     """Converts `source` (in `source_format`) to `target`.
 
@@ -1038,11 +1062,23 @@ def convert_checkpoint(
         target: output path.
         image_size: input size of a fixed-resolution big_vision model.
         verbose: print progress bars and what was done.
+        processor: with `target_format="hf"`, a preset or directory whose
+            `SigLIP2Preprocessor` is written as HF processor files too.
 
     Returns:
         The converted `SigLIP2Backbone`.
+
+    Raises:
+        ValueError: bad input, named; `processor` with another target.
     """
     start = time.perf_counter()
+    preprocessor = None
+    if processor is not None:
+        if target_format != "hf":
+            raise ValueError(
+                f"`processor` is for `--to hf`; got --to {target_format}."
+            )
+        preprocessor = SigLIP2Preprocessor.from_preset(processor)
     if verbose:
         print(f"reading {source} ({source_format})", flush=True)
     backbone = load_checkpoint(
@@ -1050,7 +1086,9 @@ def convert_checkpoint(
     )
     if verbose:
         print(f"writing {target} ({target_format})", flush=True)
-    save_checkpoint(backbone, target_format, target, _ProgressBar(verbose))
+    save_checkpoint(
+        backbone, target_format, target, _ProgressBar(verbose), preprocessor
+    )
     if verbose:
         print(
             f"converted {backbone.count_params():,} parameters in "
@@ -1190,6 +1228,7 @@ def convert(source: str, target: str) -> None:
             source,
             target,
             image_size=_IMAGE_SIZE.value,
+            processor=_PROCESSOR.value,
         )
     )
 

@@ -246,3 +246,35 @@ def test_preprocessor_of_another_backbone_is_refused(gemma_proto, tmp_path):
     with pytest.raises(ValueError, match="1000 pieces, the text tower 1001"):
         save_hf_checkpoint(other_vocabulary, tmp_path, preprocessor=fixed)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_convert_to_hf_with_the_processor_of_a_preset(gemma_proto, tmp_path):
+    from keras_siglip2.__main__ import convert_checkpoint
+
+    tokenizer = SigLIP2Tokenizer(proto=gemma_proto, sequence_length=LENGTH)
+    preprocessor = SigLIP2Preprocessor(tokenizer, _converter(False))
+    backbone = _backbone(tokenizer.vocabulary_size(), naflex=False)
+    preset = tmp_path / "preset"
+    backbone.save_to_preset(str(preset))
+    preprocessor.save_to_preset(str(preset))
+    with pytest.raises(ValueError, match="for `--to hf`"):
+        convert_checkpoint(
+            "keras",
+            "keras",
+            str(preset),
+            str(tmp_path / "k"),
+            verbose=False,
+            processor=str(preset),
+        )
+    convert_checkpoint(
+        "keras",
+        "hf",
+        str(preset),
+        str(tmp_path / "hf"),
+        verbose=False,
+        processor=str(preset),
+    )
+    processor = transformers.AutoProcessor.from_pretrained(tmp_path / "hf")
+    texts = ["A Red Circle", "zwei blaue Kreise"]
+    theirs = _hf_inputs(processor, [np.zeros((16, 16, 3), "uint8")], texts)
+    np.testing.assert_array_equal(theirs["input_ids"], tokenizer(texts))
