@@ -148,7 +148,11 @@ if transformers is not None:
     )
 
     # And back: `save_hf_checkpoint` writes a directory that transformers
-    # loads with `from_pretrained`.
+    # loads with `from_pretrained`. Given `preprocessor=` (a
+    # `SigLIP2Preprocessor`), it also writes the tokenizer and image
+    # processor files, so `transformers.AutoProcessor.from_pretrained`
+    # gives HF users our token ids and pixels (`python -m keras_siglip2
+    # convert --to hf --processor PRESET ...` on the command line).
     save_hf_checkpoint(from_hf, work_dir / "hf_export")
     reloaded = transformers.AutoModel.from_pretrained(
         work_dir / "hf_export"
