@@ -1253,7 +1253,8 @@ _EVAL_TOKENIZER = flags.DEFINE_string(
     "eval_tokenizer",
     None,
     "`eval`: SentencePiece model file. Default for `tiny` and `.keras` "
-    "models: the demo vocabulary trained on the generated texts.",
+    "models: the demo vocabulary trained on the generated texts; for "
+    "preset and HF directories and preset names: their own tokenizer.",
 )
 _EVAL_DATA = flags.DEFINE_string(
     "eval_data",
@@ -1354,18 +1355,39 @@ def _eval_backbone(source: str) -> SigLIP2Backbone:
     return load_preset(source)
 
 
-def _eval_tokenizer(source: str, backbone: SigLIP2Backbone):
+def _eval_tokenizer(
+    source: str,
+    backbone: SigLIP2Backbone,
+    tokenizer_file: str | None = None,
+    seed: int = 0,
+):
+    """The tokenizer `eval` uses (see --eval_tokenizer).
+
+    `tokenizer_file` if given; else the demo vocabulary for `tiny` and
+    `.keras` models; else the tokenizer of the preset or HF directory (or
+    preset name) itself, if it has one.
+    """
     text = backbone.text_encoder
-    if _EVAL_TOKENIZER.value is not None:
-        proto = _EVAL_TOKENIZER.value
+    if tokenizer_file is not None:
+        proto = tokenizer_file
     elif source == "tiny" or source.endswith(".keras"):
         print(
             f"tokenizer: the demo vocabulary ({text.vocabulary_size} "
             "pieces, trained on the generated texts)"
         )
         proto = train_demo_sentencepiece(
-            vocab_size=text.vocabulary_size, seed=_EVAL_SEED.value
+            vocab_size=text.vocabulary_size, seed=seed
         )
+    elif _source_format(source) == "preset":
+        try:
+            tokenizer = SigLIP2Tokenizer.from_preset(source)
+        except ValueError as e:
+            raise app.UsageError(
+                f"`eval` of {source} needs --eval_tokenizer (the model's "
+                f"SentencePiece file): its own cannot be loaded: {e}"
+            ) from None
+        print(f"tokenizer: {type(tokenizer).__name__} of {source}")
+        return tokenizer
     else:
         raise app.UsageError(
             f"`eval` of {source} needs --eval_tokenizer (the model's "
@@ -1448,7 +1470,9 @@ def _run_eval() -> None:
     user_data = _EVAL_DATA.value != "generated"
     tasks, skipped = _eval_tasks(user_data)
     backbone = _eval_backbone(source)
-    tokenizer = _eval_tokenizer(source, backbone)
+    tokenizer = _eval_tokenizer(
+        source, backbone, _EVAL_TOKENIZER.value, _EVAL_SEED.value
+    )
     encoder = eval_lib.BackboneEncoder(
         backbone,
         tokenizer,

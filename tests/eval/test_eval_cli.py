@@ -168,3 +168,46 @@ def test_cli_task_the_data_cannot_support_is_a_usage_error(tmp_path):
     )
     assert completed.returncode != 0
     assert "dense_probe needs per-pixel class maps" in completed.stderr
+
+
+def test_eval_takes_the_tokenizer_of_a_preset_directory(tmp_path):
+    from absl import app
+
+    from keras_siglip2.__main__ import _eval_tokenizer
+    from keras_siglip2.data.vocabulary import train_demo_sentencepiece
+    from keras_siglip2.models import SigLIP2Backbone
+    from keras_siglip2.models import SigLIP2TextEncoder
+    from keras_siglip2.models import SigLIP2Tokenizer
+    from keras_siglip2.models import SigLIP2VisionEncoder
+
+    proto = train_demo_sentencepiece(vocab_size=600, num_examples=100)
+    tokenizer = SigLIP2Tokenizer(proto=proto, sequence_length=8)
+    backbone = SigLIP2Backbone(
+        SigLIP2VisionEncoder(
+            image_size=16,
+            patch_size=8,
+            hidden_dim=8,
+            num_layers=1,
+            num_heads=2,
+            intermediate_dim=16,
+        ),
+        SigLIP2TextEncoder(
+            vocabulary_size=600,
+            hidden_dim=8,
+            num_layers=1,
+            num_heads=2,
+            intermediate_dim=16,
+            max_sequence_length=8,
+        ),
+    )
+    preset = tmp_path / "preset"
+    backbone.save_to_preset(str(preset))
+    with pytest.raises(app.UsageError, match="needs --eval_tokenizer"):
+        _eval_tokenizer(str(preset), backbone)  # No tokenizer saved yet.
+    tokenizer.save_to_preset(str(preset))
+    loaded = _eval_tokenizer(str(preset), backbone)
+    assert loaded.proto == proto
+    texts = ["a red circle on the left", "ein blauer Kreis"]
+    np.testing.assert_array_equal(loaded(texts), tokenizer(texts))
+    with pytest.raises(app.UsageError, match="needs --eval_tokenizer"):
+        _eval_tokenizer(str(tmp_path / "model.npz"), backbone)
