@@ -9,7 +9,15 @@ Reads the output directory of `python -m keras_siglip2 demo` and reports:
    scores colour far above chance and shape near it sees colour only: it
    has nothing for a dense probe of shape classes to read, and squashing
    an image to a square (what NaFlex avoids) does not change its colours.
-2. ACID's selection on a noisy stream: super-batches of the generated
+2. Linear probes of the pooled image embedding (frozen; standardised;
+   softmax regression from `eval.dense_probe.fit_linear_probe`) for the
+   colour and the shape of single-object images, trained on
+   `--probe_train_images` training images and scored on the zero-shot
+   test images, beside the same probes on the raw pixels (the image
+   converter's output, flattened) and on a random-init student. A shape
+   probe near chance means the image tower has not learned shape: the
+   text side is not the bottleneck.
+3. ACID's selection on a noisy stream: super-batches of the generated
    training data with `--mismatched_fraction` of the captions describing
    another image, scored by the Stage C student and the Stage D teacher
    (`StageDModel.select`, filter ratio 0.5); the fraction of mismatched
@@ -34,9 +42,11 @@ import numpy as np  # noqa: E402
 
 from keras_siglip2 import SigLIP2ImageConverter  # noqa: E402
 from keras_siglip2 import __main__ as cli  # noqa: E402
+from keras_siglip2.data.generated import COLORS  # noqa: E402
 from keras_siglip2.data.generated import SHAPES  # noqa: E402
 from keras_siglip2.data.generated import generated_examples  # noqa: E402
 from keras_siglip2.data.generated import zero_shot_class_names  # noqa: E402
+from keras_siglip2.eval.dense_probe import fit_linear_probe  # noqa: E402
 from keras_siglip2.eval.encoders import BackboneEncoder  # noqa: E402
 from keras_siglip2.eval.encoders import l2_normalize  # noqa: E402
 from keras_siglip2.eval.zero_shot import class_embeddings  # noqa: E402
@@ -56,6 +66,30 @@ def colour_and_shape(backbone, tokenizer, examples) -> dict[str, float]:
         "colour": float(np.mean(predicted // shapes == labels // shapes)),
         "shape": float(np.mean(predicted % shapes == labels % shapes)),
     }
+
+
+def probe_accuracies(train_features, test_features, train, test) -> dict:
+    """Test accuracy of linear colour and shape probes on features."""
+    train_features = np.asarray(train_features, np.float32)
+    test_features = np.asarray(test_features, np.float32)
+    mean = train_features.mean(0)
+    std = train_features.std(0) + 1e-6
+    train_features = (train_features - mean) / std
+    test_features = (test_features - mean) / std
+    shapes = len(SHAPES)
+    train_labels = np.asarray([int(e["label"]) for e in train])
+    test_labels = np.asarray([int(e["label"]) for e in test])
+    results = {}
+    for name, of, num_classes in (
+        ("colour", lambda y: y // shapes, len(COLORS)),
+        ("shape", lambda y: y % shapes, shapes),
+    ):
+        probe = fit_linear_probe(
+            train_features, of(train_labels), num_classes, epochs=30
+        )
+        logits = keras.ops.convert_to_numpy(probe(test_features))
+        results[name] = float(np.mean(logits.argmax(-1) == of(test_labels)))
+    return results
 
 
 def selection(student, teacher, tokenizer, args) -> dict[str, float]:
@@ -115,6 +149,12 @@ def main():
     parser.add_argument(
         "--test_images", type=int, default=256, help="zero-shot images"
     )
+    parser.add_argument(
+        "--probe_train_images",
+        type=int,
+        default=2048,
+        help="training images of the linear probes",
+    )
     args = parser.parse_args()
     run = pathlib.Path(args.run)
     teacher_path = pathlib.Path(args.teacher or run / "teacher.keras")
@@ -141,6 +181,54 @@ def main():
             f"{scores['shape']:.3f} |"
         )
     print("| chance | 0.0125 | 0.100 | 0.125 |")
+    print()
+    probe_train = cli._generated_images(
+        "train", args.probe_train_images, args.seed, num_objects=(1, 1)
+    )
+    size = student.vision_encoder.image_size
+    converter = SigLIP2ImageConverter(image_size=size, interpolation="bilinear")
+
+    def pixels(examples):
+        return np.stack(
+            [
+                keras.ops.convert_to_numpy(converter(e["image"])).ravel()
+                for e in examples
+            ]
+        )
+
+    keras.utils.set_random_seed(args.seed)
+    random_student = cli._tiny_backbone(tokenizer.vocabulary_size(), "init")
+    print(
+        f"Linear probes ({len(probe_train)} training images, "
+        f"{len(single)} test images, one object each):"
+    )
+    print()
+    print("| features | colour right | shape right |")
+    print("|---|---:|---:|")
+    rows = [("raw pixels", pixels(probe_train), pixels(single))]
+    for name, backbone in (
+        ("random-init student", random_student),
+        (f"teacher ({teacher_path.name})", teacher),
+        ("Stage C student", student),
+        ("final (D) student", final),
+    ):
+        encoder = BackboneEncoder(backbone, tokenizer, batch_size=64)
+        rows.append(
+            (
+                name,
+                encoder.encode_images([e["image"] for e in probe_train]),
+                encoder.encode_images([e["image"] for e in single]),
+            )
+        )
+    for name, train_features, test_features in rows:
+        scores = probe_accuracies(
+            train_features, test_features, probe_train, single
+        )
+        print(
+            f"| probe: {name} | {scores['colour']:.3f} | "
+            f"{scores['shape']:.3f} |"
+        )
+    print("| probe: chance | 0.100 | 0.125 |")
     print()
     fractions = selection(student, teacher, tokenizer, args)
     print(

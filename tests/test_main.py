@@ -328,6 +328,8 @@ def test_demo_diagnostics_read_the_demo_outputs(demo):
             "3",
             "--super_batch",
             "32",
+            "--probe_train_images",
+            "48",
         ],
         capture_output=True,
         text=True,
@@ -344,6 +346,18 @@ def test_demo_diagnostics_read_the_demo_outputs(demo):
         # A hit on the class is a hit on its colour and on its shape.
         assert 0 <= top1 <= min(colour, shape) and max(colour, shape) <= 1
     assert rows["chance"] == [0.0125, 0.1, 0.125]
+    probes = {k: v for k, v in rows.items() if k.startswith("probe: ")}
+    assert set(probes) == {
+        "probe: raw pixels",
+        "probe: random-init student",
+        "probe: teacher (teacher.keras)",
+        "probe: Stage C student",
+        "probe: final (D) student",
+        "probe: chance",
+    }
+    assert probes.pop("probe: chance") == [0.1, 0.125]
+    for colour, shape in probes.values():
+        assert 0 <= colour <= 1 and 0 <= shape <= 1
     mismatched, kept = rows["mismatched"]
     # 96 pairs drawn at 0.5 (standard deviation 0.051); half are kept.
     assert 0.3 <= mismatched <= 0.7 and 0 <= kept <= 1
