@@ -15,16 +15,14 @@ import pytest
 import sentencepiece_fixture as fixture
 import torch
 import transformers
+from tiny_models import tiny_backbone
 
 from keras_siglip2.convert.hf import save_hf_checkpoint
 from keras_siglip2.convert.hf_processor import save_hf_preprocessor
-from keras_siglip2.models.backbone import SigLIP2Backbone
 from keras_siglip2.models.image_converter import SigLIP2ImageConverter
 from keras_siglip2.models.preprocessor import SigLIP2Preprocessor
-from keras_siglip2.models.text_encoder import SigLIP2TextEncoder
 from keras_siglip2.models.tokenizer import SigLIP2Tokenizer
 from keras_siglip2.models.tokenizer import SigLIPTokenizer
-from keras_siglip2.models.vision_encoder import SigLIP2VisionEncoder
 
 STEP = 1.0 / 127.5  # One uint8 step in [-1, 1].
 LENGTH = 16
@@ -41,26 +39,7 @@ def strings():
 
 
 def _backbone(vocabulary_size, naflex):
-    keras.utils.set_random_seed(0)
-    backbone = SigLIP2Backbone(
-        SigLIP2VisionEncoder(
-            image_size=16,
-            patch_size=4,
-            hidden_dim=16,
-            num_layers=1,
-            num_heads=2,
-            intermediate_dim=32,
-        ),
-        SigLIP2TextEncoder(
-            vocabulary_size=vocabulary_size,
-            hidden_dim=16,
-            num_layers=1,
-            num_heads=2,
-            intermediate_dim=32,
-            max_sequence_length=LENGTH,
-        ),
-        naflex=naflex,
-    )
+    backbone = tiny_backbone(vocabulary_size, LENGTH, naflex)
     rng = np.random.default_rng(0)
     for variable in backbone.weights:  # Spread weights so all matter.
         scale = 1.0 if len(variable.shape) == 0 else 0.3

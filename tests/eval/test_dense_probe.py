@@ -8,17 +8,14 @@ loop-counting reference, and a perfect oracle feature (the one-hot patch
 label, at any NaFlex grid) with which the probe must reach mIoU 1.
 """
 
-import keras
 import numpy as np
 import pytest
+from tiny_models import tiny_backbone
 
 from keras_siglip2.data import generated
 from keras_siglip2.eval import dense_probe
 from keras_siglip2.eval.encoders import BackboneEncoder
 from keras_siglip2.eval.encoders import as_examples
-from keras_siglip2.models.backbone import SigLIP2Backbone
-from keras_siglip2.models.text_encoder import SigLIP2TextEncoder
-from keras_siglip2.models.vision_encoder import SigLIP2VisionEncoder
 
 CLASS_MAP = np.array(
     [
@@ -181,25 +178,7 @@ def test_examples_without_class_map_are_an_error():
 
 
 def test_tiny_model_on_generated_data_is_in_range(splits):
-    keras.utils.set_random_seed(0)
-    backbone = SigLIP2Backbone(
-        SigLIP2VisionEncoder(
-            image_size=16,
-            patch_size=4,
-            hidden_dim=16,
-            num_layers=1,
-            num_heads=2,
-            intermediate_dim=32,
-        ),
-        SigLIP2TextEncoder(
-            vocabulary_size=600,
-            hidden_dim=16,
-            num_layers=1,
-            num_heads=2,
-            intermediate_dim=32,
-            max_sequence_length=12,
-        ),
-    )
+    backbone = tiny_backbone(600, 12)
     train, test = splits
     results = dense_probe.evaluate_dense_probe(
         BackboneEncoder(backbone),

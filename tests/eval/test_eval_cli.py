@@ -15,6 +15,7 @@ import sys
 
 import numpy as np
 import pytest
+from tiny_models import tiny_backbone
 
 from keras_siglip2.data import generated
 from keras_siglip2.data.readers import write_jsonl
@@ -175,31 +176,11 @@ def test_eval_takes_the_tokenizer_of_a_preset_directory(tmp_path):
 
     from keras_siglip2.__main__ import _eval_tokenizer
     from keras_siglip2.data.vocabulary import train_demo_sentencepiece
-    from keras_siglip2.models import SigLIP2Backbone
-    from keras_siglip2.models import SigLIP2TextEncoder
     from keras_siglip2.models import SigLIP2Tokenizer
-    from keras_siglip2.models import SigLIP2VisionEncoder
 
     proto = train_demo_sentencepiece(vocab_size=600, num_examples=100)
     tokenizer = SigLIP2Tokenizer(proto=proto, sequence_length=8)
-    backbone = SigLIP2Backbone(
-        SigLIP2VisionEncoder(
-            image_size=16,
-            patch_size=8,
-            hidden_dim=8,
-            num_layers=1,
-            num_heads=2,
-            intermediate_dim=16,
-        ),
-        SigLIP2TextEncoder(
-            vocabulary_size=600,
-            hidden_dim=8,
-            num_layers=1,
-            num_heads=2,
-            intermediate_dim=16,
-            max_sequence_length=8,
-        ),
-    )
+    backbone = tiny_backbone(600, 8)
     preset = tmp_path / "preset"
     backbone.save_to_preset(str(preset))
     with pytest.raises(app.UsageError, match="needs --eval_tokenizer"):

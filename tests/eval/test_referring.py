@@ -7,10 +7,10 @@ encoder until it reproduces the boxes of its training expressions, which
 checks that training sequences, prompts and greedy decoding line up.
 """
 
-import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from tiny_models import tiny_backbone
 
 from keras_siglip2.data import generated
 from keras_siglip2.data.locca import REFERRING
@@ -21,10 +21,7 @@ from keras_siglip2.data.vocabulary import train_demo_sentencepiece
 from keras_siglip2.eval import referring
 from keras_siglip2.eval.encoders import BackboneEncoder
 from keras_siglip2.eval.encoders import as_examples
-from keras_siglip2.models.backbone import SigLIP2Backbone
-from keras_siglip2.models.text_encoder import SigLIP2TextEncoder
 from keras_siglip2.models.tokenizer import SigLIP2Tokenizer
-from keras_siglip2.models.vision_encoder import SigLIP2VisionEncoder
 
 VOCAB = LocCaVocabulary(text_vocabulary_size=10, num_location_bins=5)
 
@@ -143,25 +140,7 @@ def test_wrong_decoder_vocabulary_is_an_error():
 
 
 def test_decoder_on_frozen_tiny_encoder_learns_its_boxes():
-    keras.utils.set_random_seed(0)
-    backbone = SigLIP2Backbone(
-        SigLIP2VisionEncoder(
-            image_size=16,
-            patch_size=4,
-            hidden_dim=16,
-            num_layers=1,
-            num_heads=2,
-            intermediate_dim=32,
-        ),
-        SigLIP2TextEncoder(
-            vocabulary_size=600,
-            hidden_dim=16,
-            num_layers=1,
-            num_heads=2,
-            intermediate_dim=32,
-            max_sequence_length=12,
-        ),
-    )
+    backbone = tiny_backbone(600, 12)
     proto = train_demo_sentencepiece(600, num_examples=100)
     tokenizer = SigLIP2Tokenizer(proto=proto, sequence_length=12)
     encoder = BackboneEncoder(backbone, tokenizer)

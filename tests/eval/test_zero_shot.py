@@ -7,9 +7,9 @@ in the reader format), and the backbone's own `get_*_embeddings` for
 `BackboneEncoder` (batched, padded, fixed-resolution and NaFlex).
 """
 
-import keras
 import numpy as np
 import pytest
+from tiny_models import tiny_backbone
 
 from keras_siglip2.data import generated
 from keras_siglip2.data.naflex import naflex_preprocess_batch
@@ -18,11 +18,8 @@ from keras_siglip2.data.readers import write_jsonl
 from keras_siglip2.data.vocabulary import train_demo_sentencepiece
 from keras_siglip2.eval import encoders
 from keras_siglip2.eval import zero_shot
-from keras_siglip2.models.backbone import SigLIP2Backbone
 from keras_siglip2.models.image_converter import SigLIP2ImageConverter
-from keras_siglip2.models.text_encoder import SigLIP2TextEncoder
 from keras_siglip2.models.tokenizer import SigLIP2Tokenizer
-from keras_siglip2.models.vision_encoder import SigLIP2VisionEncoder
 
 VOCABULARY_SIZE = 600
 TEXT_LENGTH = 12
@@ -33,26 +30,7 @@ NAMES = {
 
 
 def _tiny_backbone(naflex=False):
-    keras.utils.set_random_seed(0)
-    return SigLIP2Backbone(
-        SigLIP2VisionEncoder(
-            image_size=16,
-            patch_size=4,
-            hidden_dim=16,
-            num_layers=1,
-            num_heads=2,
-            intermediate_dim=32,
-        ),
-        SigLIP2TextEncoder(
-            vocabulary_size=VOCABULARY_SIZE,
-            hidden_dim=16,
-            num_layers=1,
-            num_heads=2,
-            intermediate_dim=32,
-            max_sequence_length=TEXT_LENGTH,
-        ),
-        naflex=naflex,
-    )
+    return tiny_backbone(VOCABULARY_SIZE, TEXT_LENGTH, naflex)
 
 
 @pytest.fixture(scope="module")
