@@ -28,9 +28,8 @@ import keras
 import numpy as np
 
 from keras_siglip2.convert.checked_assign import assign_checked
-from keras_siglip2.convert.hf_processor import hf_image_processor_config
-from keras_siglip2.convert.hf_processor import hf_tokenizer_files
-from keras_siglip2.convert.hf_processor import save_hf_preprocessor
+from keras_siglip2.convert.hf_processor import hf_preprocessor_files
+from keras_siglip2.convert.hf_processor import write_hf_files
 from keras_siglip2.convert.safetensors_io import read_safetensors
 from keras_siglip2.convert.safetensors_io import write_safetensors
 from keras_siglip2.models.backbone import SigLIP2Backbone
@@ -553,11 +552,11 @@ def save_hf_checkpoint(
     processor = transformers.AutoProcessor.from_pretrained("siglip2_hf")
     ```
     """
+    processor_files = {}
     if preprocessor is not None:
-        _check_preprocessor_fits(backbone, preprocessor)
         # Raises on what HF cannot express before any file is written.
-        hf_tokenizer_files(preprocessor.tokenizer)
-        hf_image_processor_config(preprocessor.image_converter)
+        processor_files = hf_preprocessor_files(preprocessor)
+        _check_preprocessor_fits(backbone, preprocessor)
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     entries = hf_weight_entries(backbone)
@@ -573,17 +572,11 @@ def save_hf_checkpoint(
     dtypes = {array.dtype.name for array in tensors.values()}
     dtype = dtypes.pop() if len(dtypes) == 1 else "float32"
     write_json_atomic(path / "config.json", hf_config(backbone, dtype))
-    if preprocessor is not None:
-        save_hf_preprocessor(preprocessor, path)
+    write_hf_files(processor_files, path)
 
 
 def _check_preprocessor_fits(backbone: SigLIP2Backbone, preprocessor):
-    tokenizer = getattr(preprocessor, "tokenizer", None)
-    converter = getattr(preprocessor, "image_converter", None)
-    if tokenizer is None or converter is None:
-        raise ValueError(
-            "The preprocessor needs a tokenizer and an image converter."
-        )
+    tokenizer, converter = preprocessor.tokenizer, preprocessor.image_converter
     text, vision = backbone.text_encoder, backbone.vision_encoder
     problems = []
     if tokenizer.vocabulary_size() != text.vocabulary_size:

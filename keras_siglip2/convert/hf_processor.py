@@ -174,6 +174,48 @@ def hf_image_processor_config(converter: SigLIP2ImageConverter) -> dict:
     }
 
 
+def hf_preprocessor_files(preprocessor) -> dict[str, bytes | dict]:
+    """The HF processor files of a preprocessor, checked, not written.
+
+    Args:
+        preprocessor: a `SigLIP2Preprocessor` with a tokenizer and an
+            image converter.
+
+    Returns:
+        File name to its bytes (the SentencePiece model) or JSON object.
+
+    Raises:
+        ValueError: a missing part, or settings HF cannot reproduce (see
+            the module docstring), naming them.
+    """
+    for part in ("tokenizer", "image_converter"):
+        if getattr(preprocessor, part, None) is None:
+            raise ValueError(f"The preprocessor has no {part}.")
+    name, vocabulary, tokenizer_config = hf_tokenizer_files(
+        preprocessor.tokenizer
+    )
+    image_config = hf_image_processor_config(preprocessor.image_converter)
+    tokenizer_config["processor_class"] = image_config["processor_class"]
+    return {
+        name: vocabulary,
+        TOKENIZER_CONFIG_FILE: tokenizer_config,
+        IMAGE_PROCESSOR_FILE: image_config,
+    }
+
+
+def write_hf_files(files: dict[str, bytes | dict], path) -> None:
+    """Writes `hf_preprocessor_files` output into the directory `path`,
+    each file atomically."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    for name, content in files.items():
+        if isinstance(content, bytes):
+            with atomic_write(path / name) as f:
+                f.write(content)
+        else:
+            write_json_atomic(path / name, content)
+
+
 def save_hf_preprocessor(preprocessor, path: str | os.PathLike) -> None:
     """Writes a preprocessor's tokenizer and image-processor files for HF.
 
@@ -195,17 +237,4 @@ def save_hf_preprocessor(preprocessor, path: str | os.PathLike) -> None:
         ValueError: a missing part, or settings HF cannot reproduce (see
             the module docstring), naming them.
     """
-    for part in ("tokenizer", "image_converter"):
-        if getattr(preprocessor, part, None) is None:
-            raise ValueError(f"The preprocessor has no {part}.")
-    name, vocabulary, tokenizer_config = hf_tokenizer_files(
-        preprocessor.tokenizer
-    )
-    image_config = hf_image_processor_config(preprocessor.image_converter)
-    tokenizer_config["processor_class"] = image_config["processor_class"]
-    path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
-    with atomic_write(path / name) as f:
-        f.write(vocabulary)
-    write_json_atomic(path / TOKENIZER_CONFIG_FILE, tokenizer_config)
-    write_json_atomic(path / IMAGE_PROCESSOR_FILE, image_config)
+    write_hf_files(hf_preprocessor_files(preprocessor), path)
